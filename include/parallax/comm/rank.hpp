@@ -1,0 +1,44 @@
+// parallax/comm/rank.hpp — Rank<B>: what one SPMD rank owns: its id, context, allocator and world group.
+#pragma once
+
+#include <utility>
+
+#include "../backend/concept.hpp"
+#include "../core/allocator.hpp"
+#include "../core/memory_stats.hpp"
+#include "communicator.hpp"
+
+namespace parallax {
+
+//! One rank of an SPMD program on backend `B`: its id in the world, its execution context (stream,
+//! handles), its allocator with per-category byte accounting, and the world communicator.
+//! Created by `launch` (threads) or by a multi-process bootstrap; passed to the user's function.
+//! @tparam B `host::Backend` or `cuda::Backend`.
+template <Backend B>
+class Rank {
+ public:
+  using backend = B;
+  using Memory = typename B::Memory;
+
+  Rank(int id, int size, Communicator<Memory> world, typename B::Context context)
+      : id_(id), size_(size), context_(std::move(context)), allocator_(stats_, id), world_(std::move(world)) {}
+  Rank(const Rank&) = delete;
+  Rank& operator=(const Rank&) = delete;
+
+  [[nodiscard]] int id() const noexcept { return id_; }
+  [[nodiscard]] int size() const noexcept { return size_; }
+  [[nodiscard]] typename B::Context& context() noexcept { return context_; }
+  [[nodiscard]] Allocator<Memory>& allocator() noexcept { return allocator_; }
+  [[nodiscard]] MemoryStats& memory() noexcept { return stats_; }
+  [[nodiscard]] Communicator<Memory>& world() noexcept { return world_; }
+
+ private:
+  int id_;
+  int size_;
+  typename B::Context context_;
+  MemoryStats stats_;
+  Allocator<Memory> allocator_;
+  Communicator<Memory> world_;
+};
+
+}  // namespace parallax
