@@ -1,9 +1,10 @@
-// parallax/comm/communicator.hpp — Communicator<Space>: the typed collective and point-to-point API of a group.
+// parallax/comm/communicator.hpp — Communicator: the typed collective and point-to-point API of a group.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -20,23 +21,22 @@
 
 namespace parallax {
 
-//! A rank's handle on one communication group, over buffers in memory space `Space`.
+//! A rank's handle on one communication group.
 //!
-//! Every operation has a blocking form and an `_async` form returning `Work`. Element types: fp32,
+//! Operations take `View<T, Space>` of any element type and memory space; the space must be the one the
+//! group's transport works on (host memory for threads over host and MPI, device memory for NCCL),
+//! otherwise the call throws before anything is sent. Every operation has a blocking form and an `_async` form returning `Work`. Element types: fp32,
 //! bf16, fp16, int32, int64 (and fp64). Reductions of 16-bit types accumulate in fp32 and round once.
 //! Within a group, every rank must issue the same collectives in the same order; the transport checks
 //! this and throws on every rank, listing what each called, rather than hang.
 //!
 //! @code
-//! Communicator<host::Memory>& world = rank.world();
+//! Communicator& world = rank.world();
 //! world.all_reduce(grads.view(), ReduceOp::avg);
 //! auto tp = world.split(/*color=*/rank.id() / 2, /*key=*/rank.id(), "tp");
 //! @endcode
-template <MemorySpace Space>
 class Communicator {
  public:
-  using memory_space = Space;
-
   Communicator() = default;
   explicit Communicator(std::shared_ptr<Transport> t) : t_(std::move(t)) {}
 
@@ -52,74 +52,76 @@ class Communicator {
   [[nodiscard]] std::string describe() const { return fmt::format("{} group {{{}}}", label(), fmt::join(members(), ",")); }
 
   //! In place: every rank ends with the reduction of all ranks' `data`.
-  template <Element T>
+  template <Element T, MemorySpace Space>
   void all_reduce(View<T, Space> data, ReduceOp op = ReduceOp::sum) { all_reduce_async(data, op, false).wait(); }
-  template <Element T>
+  template <Element T, MemorySpace Space>
   [[nodiscard]] Work all_reduce_async(View<T, Space> data, ReduceOp op = ReduceOp::sum, bool async = true) {
-    return go({CollectiveKind::all_reduce, dtype_of<T>, data.numel(), op}, data.data(), data.data(), async);
+    return go<Space>({CollectiveKind::all_reduce, dtype_of<T>, data.numel(), op}, data.data(), data.data(), async);
   }
 
   //! `in` holds size() equal chunks; rank r gets the reduction of everyone's chunk r in `out`.
-  template <Element T>
+  template <Element T, MemorySpace Space>
   void reduce_scatter(View<const T, Space> in, View<T, Space> out, ReduceOp op = ReduceOp::sum) {
     reduce_scatter_async(in, out, op, false).wait();
   }
-  template <Element T>
+  template <Element T, MemorySpace Space>
   [[nodiscard]] Work reduce_scatter_async(View<const T, Space> in, View<T, Space> out, ReduceOp op = ReduceOp::sum,
                                           bool async = true) {
     if (in.numel() != out.numel() * size())
       fail("reduce_scatter", fmt::format("input has {} elements, expected output {} x group size {} = {}", in.numel(),
                                          out.numel(), size(), out.numel() * size()));
-    return go({CollectiveKind::reduce_scatter, dtype_of<T>, out.numel(), op}, in.data(), out.data(), async);
+    return go<Space>({CollectiveKind::reduce_scatter, dtype_of<T>, out.numel(), op}, in.data(), out.data(), async);
   }
 
   //! Every rank's `in` concatenated in rank order into every rank's `out`.
-  template <Element T>
+  template <Element T, MemorySpace Space>
   void all_gather(View<const T, Space> in, View<T, Space> out) { all_gather_async(in, out, false).wait(); }
-  template <Element T>
+  template <Element T, MemorySpace Space>
   [[nodiscard]] Work all_gather_async(View<const T, Space> in, View<T, Space> out, bool async = true) {
     if (out.numel() != in.numel() * size())
       fail("all_gather", fmt::format("output has {} elements, expected input {} x group size {} = {}", out.numel(),
                                      in.numel(), size(), in.numel() * size()));
-    return go({CollectiveKind::all_gather, dtype_of<T>, in.numel()}, in.data(), out.data(), async);
+    return go<Space>({CollectiveKind::all_gather, dtype_of<T>, in.numel()}, in.data(), out.data(), async);
   }
 
   //! `root`'s data copied to every rank.
-  template <Element T>
+  template <Element T, MemorySpace Space>
   void broadcast(View<T, Space> data, int root) { broadcast_async(data, root, false).wait(); }
-  template <Element T>
+  template <Element T, MemorySpace Space>
   [[nodiscard]] Work broadcast_async(View<T, Space> data, int root, bool async = true) {
     check_peer("broadcast", root, "root");
-    return go({CollectiveKind::broadcast, dtype_of<T>, data.numel(), ReduceOp::sum, root}, data.data(), data.data(), async);
+    return go<Space>({CollectiveKind::broadcast, dtype_of<T>, data.numel(), ReduceOp::sum, root}, data.data(), data.data(), async);
   }
 
   //! In place at `root`: the reduction of all ranks' data; other ranks' data is left unchanged.
-  template <Element T>
+  template <Element T, MemorySpace Space>
   void reduce(View<T, Space> data, ReduceOp op, int root) { reduce_async(data, op, root, false).wait(); }
-  template <Element T>
+  template <Element T, MemorySpace Space>
   [[nodiscard]] Work reduce_async(View<T, Space> data, ReduceOp op, int root, bool async = true) {
     check_peer("reduce", root, "root");
-    return go({CollectiveKind::reduce, dtype_of<T>, data.numel(), op, root}, data.data(), data.data(), async);
+    return go<Space>({CollectiveKind::reduce, dtype_of<T>, data.numel(), op, root}, data.data(), data.data(), async);
   }
 
   //! Point-to-point, matched by peer and order: the n-th send to a peer meets that peer's n-th recv from us.
-  template <Element T>
+  template <Element T, MemorySpace Space>
   void send(View<const T, Space> data, int peer) { send_async(data, peer, false).wait(); }
-  template <Element T>
+  template <Element T, MemorySpace Space>
   [[nodiscard]] Work send_async(View<const T, Space> data, int peer, bool async = true) {
     check_peer("send", peer, "peer");
-    return go({CollectiveKind::send, dtype_of<T>, data.numel(), ReduceOp::sum, peer}, data.data(), nullptr, async);
+    return go<Space>({CollectiveKind::send, dtype_of<T>, data.numel(), ReduceOp::sum, peer}, data.data(), nullptr, async);
   }
-  template <Element T>
+  template <Element T, MemorySpace Space>
   void recv(View<T, Space> data, int peer) { recv_async(data, peer, false).wait(); }
-  template <Element T>
+  template <Element T, MemorySpace Space>
   [[nodiscard]] Work recv_async(View<T, Space> data, int peer, bool async = true) {
     check_peer("recv", peer, "peer");
-    return go({CollectiveKind::recv, dtype_of<T>, data.numel(), ReduceOp::sum, peer}, nullptr, data.data(), async);
+    return go<Space>({CollectiveKind::recv, dtype_of<T>, data.numel(), ReduceOp::sum, peer}, nullptr, data.data(), async);
   }
 
-  void barrier() { go({CollectiveKind::barrier}, nullptr, nullptr, false).wait(); }
-  [[nodiscard]] Work barrier_async() { return go({CollectiveKind::barrier}, nullptr, nullptr, true); }
+  void barrier() { barrier_async(false).wait(); }
+  [[nodiscard]] Work barrier_async(bool async = true) {
+    return impl().start({CollectiveKind::barrier}, nullptr, nullptr, async);
+  }
 
   //! Collective: ranks with equal `color` form a new group ordered by (`key`, rank); color < 0 gives an
   //! invalid communicator. `label` names the group in messages.
@@ -135,7 +137,13 @@ class Communicator {
     if (!t_) throw Error("Communicator: this rank is not a member of the group (empty communicator)");
     return *t_;
   }
-  Work go(CollectiveDesc d, const void* in, void* out, bool async) { return impl().start(d, in, out, async); }
+  template <MemorySpace Space>
+  Work go(CollectiveDesc d, const void* in, void* out, bool async) {
+    if (std::string_view(Space::name) != impl().memory_space())
+      fail(name(d.kind).data(), fmt::format("buffers are in {} memory but the group's transport works on {} memory",
+                                            Space::name, impl().memory_space()));
+    return impl().start(d, in, out, async);
+  }
   [[noreturn]] void fail(const char* op, const std::string& why) const {
     throw Error(fmt::format("{} on {}: {}", op, describe(), why), world_rank(), describe(), op);
   }

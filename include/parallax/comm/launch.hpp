@@ -63,7 +63,7 @@ void launch(int n, Fn&& fn, LaunchOptions options = {}) {
   auto body = [&](int r) {
     try {
       Rank<B> rank(r, n,
-                   Communicator<typename B::Memory>(std::make_shared<ThreadCommunicator<typename B::Memory>>(group, r)),
+                   Communicator(std::make_shared<ThreadCommunicator<typename B::Memory>>(group, r)),
                    typename B::Context(r));
       fn(rank);
     } catch (const detail::PeerFailure& e) {

@@ -20,7 +20,7 @@ class Rank {
   using backend = B;
   using Memory = typename B::Memory;
 
-  Rank(int id, int size, Communicator<Memory> world, typename B::Context context)
+  Rank(int id, int size, Communicator world, typename B::Context context)
       : id_(id), size_(size), context_(std::move(context)), allocator_(stats_, id), world_(std::move(world)) {}
   Rank(const Rank&) = delete;
   Rank& operator=(const Rank&) = delete;
@@ -30,7 +30,7 @@ class Rank {
   [[nodiscard]] typename B::Context& context() noexcept { return context_; }
   [[nodiscard]] Allocator<Memory>& allocator() noexcept { return allocator_; }
   [[nodiscard]] MemoryStats& memory() noexcept { return stats_; }
-  [[nodiscard]] Communicator<Memory>& world() noexcept { return world_; }
+  [[nodiscard]] Communicator& world() noexcept { return world_; }
 
  private:
   int id_;
@@ -38,7 +38,7 @@ class Rank {
   typename B::Context context_;
   MemoryStats stats_;
   Allocator<Memory> allocator_;
-  Communicator<Memory> world_;
+  Communicator world_;
 };
 
 }  // namespace parallax

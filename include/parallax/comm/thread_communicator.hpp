@@ -7,6 +7,7 @@
 #include <numeric>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -92,6 +93,7 @@ class ThreadCommunicator final : public Transport {
   int size() const noexcept override { return g_->size(); }
   const std::vector<int>& members() const noexcept override { return g_->members(); }
   const std::string& label() const noexcept override { return g_->label(); }
+  std::string_view memory_space() const noexcept override { return Space::name; }
 
   Work start(CollectiveDesc d, const void* in, void* out, bool async) override {
     if (d.kind == CollectiveKind::send || d.kind == CollectiveKind::recv) {

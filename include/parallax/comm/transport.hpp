@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "collective.hpp"
@@ -11,7 +12,7 @@
 namespace parallax {
 
 //! One rank's endpoint in a group, as implemented by `ThreadCommunicator`, `MpiCommunicator` or
-//! `NcclCommunicator`. Users call it through `Communicator<Space>`, which checks arguments and types.
+//! `NcclCommunicator`. Users call it through `Communicator`, which checks arguments and types.
 //!
 //! The transport is a run-time choice (it depends on how the program was launched), so this one
 //! boundary is virtual; everything above it is templates.
@@ -23,6 +24,8 @@ class Transport {
   [[nodiscard]] virtual int size() const noexcept = 0;
   //! World ranks of the group's members, in group-rank order.
   [[nodiscard]] virtual const std::vector<int>& members() const noexcept = 0;
+  //! `Space::name` of the memory space its buffers live in ("host", "cuda").
+  [[nodiscard]] virtual std::string_view memory_space() const noexcept = 0;
   //! The group's name ("world", "tp", "dp", ...).
   [[nodiscard]] virtual const std::string& label() const noexcept = 0;
   //! Starts one call. `desc.seq` is assigned by the transport. `in`/`out` point into the transport's
