@@ -35,7 +35,8 @@ struct Uniform {
   std::uint64_t seed = 0;
   [[nodiscard]] float operator()(std::uint64_t index) const noexcept {
     const double u = static_cast<double>(random_words(seed, 1, index)[0] >> 8) * 0x1p-24;
-    return static_cast<float>(lo + (hi - lo) * u);
+    const auto v = static_cast<float>(lo + (hi - lo) * u);
+    return lo < hi && v >= hi ? std::nextafter(hi, lo) : v;  // rounding to float can reach hi
   }
 };
 

@@ -41,10 +41,13 @@ class MemoryStats {
   }
   void on_free(MemoryCategory c, std::size_t bytes) {
     const auto i = static_cast<std::size_t>(c);
-    const std::size_t before = live_[i].fetch_sub(bytes, std::memory_order_relaxed);
+    // Subtract only if enough is live, so an underflow leaves the figures intact.
+    std::size_t before = live_[i].load(std::memory_order_relaxed);
+    do {
+      if (before < bytes)
+        throw Error(fmt::format("MemoryStats: freeing {} bytes of {} but only {} are live", bytes, name(c), before));
+    } while (!live_[i].compare_exchange_weak(before, before - bytes, std::memory_order_relaxed));
     total_.fetch_sub(bytes, std::memory_order_relaxed);
-    if (before < bytes)
-      throw Error(fmt::format("MemoryStats: freeing {} bytes of {} but only {} are live", bytes, name(c), before));
   }
 
   [[nodiscard]] std::size_t live(MemoryCategory c) const noexcept { return live_[static_cast<std::size_t>(c)].load(); }

@@ -39,14 +39,14 @@ class Tensor {
   Tensor(Tensor&& o) noexcept
       : allocator_(std::exchange(o.allocator_, nullptr)),
         data_(std::exchange(o.data_, nullptr)),
-        shape_(std::exchange(o.shape_, Shape{})),
+        shape_(std::exchange(o.shape_, Shape{0})),
         category_(o.category_) {}
   Tensor& operator=(Tensor&& o) noexcept {
     if (this != &o) {
       release();
       allocator_ = std::exchange(o.allocator_, nullptr);
       data_ = std::exchange(o.data_, nullptr);
-      shape_ = std::exchange(o.shape_, Shape{});
+      shape_ = std::exchange(o.shape_, Shape{0});
       category_ = o.category_;
     }
     return *this;
@@ -85,12 +85,12 @@ class Tensor {
       }
     }
     data_ = nullptr;
-    shape_ = Shape{};
+    shape_ = Shape{0};
   }
 
   Allocator<Space>* allocator_ = nullptr;
   T* data_ = nullptr;
-  Shape shape_{};
+  Shape shape_{0};  // empty: [0], not the one-element scalar []
   MemoryCategory category_ = MemoryCategory::workspace;
 };
 

@@ -85,7 +85,7 @@ class View {
 
  private:
   T* data_ = nullptr;
-  Shape shape_{};
+  Shape shape_{0};  // empty: [0], not the one-element scalar []
 };
 
 }  // namespace parallax

@@ -1,16 +1,22 @@
 // parallax/backend/host/backend.hpp — host::Backend: the CPU backend type that modules are templated on.
 #pragma once
 
+#include "activation.hpp"
+#include "attention.hpp"
 #include "context.hpp"
+#include "cross_entropy.hpp"
 #include "elementwise.hpp"
+#include "embedding.hpp"
 #include "gemm.hpp"
+#include "layernorm.hpp"
 #include "memory.hpp"
 
 namespace parallax::host {
 
-//! The CPU backend: ranks are threads, memory is host memory, GEMM is CBLAS or a portable loop.
+//! The CPU backend: ranks are threads, memory is host memory, GEMM is CBLAS or a portable loop, and the
+//! transformer kernels (layernorm, GELU, attention, cross-entropy, embedding) are fp32-math loops.
 //! Models `parallax::Backend`.
-struct Backend : Gemm, Elementwise {
+struct Backend : Gemm, Elementwise, LayerNorm, Activation, Attention, CrossEntropy, Embedding {
   static constexpr const char* name = "host";
   using Memory = host::Memory;
   using Context = host::Context;

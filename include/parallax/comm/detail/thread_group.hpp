@@ -14,32 +14,10 @@
 
 #include "../../error.hpp"
 #include "../collective.hpp"
+#include "call_history.hpp"
 #include "thread_world.hpp"
 
 namespace parallax::detail {
-
-//! A rank's last few completed calls on a group, printed when something goes wrong.
-class CallHistory {
- public:
-  void push(const CollectiveDesc& d) { ring_[static_cast<std::size_t>(n_++ % ring_.size())] = d; }
-  [[nodiscard]] std::string last() const {
-    if (n_ == 0) return "none";
-    const CollectiveDesc& d = ring_[static_cast<std::size_t>((n_ - 1) % ring_.size())];
-    return fmt::format("#{} {}", d.seq, d.str());
-  }
-  [[nodiscard]] std::string dump() const {
-    std::string s;
-    for (std::uint64_t i = n_ > ring_.size() ? n_ - ring_.size() : 0; i < n_; ++i) {
-      const CollectiveDesc& d = ring_[static_cast<std::size_t>(i % ring_.size())];
-      s += fmt::format("{}#{} {}", s.empty() ? "" : ", ", d.seq, d.str());
-    }
-    return s.empty() ? "none" : s;
-  }
-
- private:
-  std::array<CollectiveDesc, 8> ring_{};
-  std::uint64_t n_ = 0;
-};
 
 //! A posted send or receive waiting for its match.
 struct Mail {
