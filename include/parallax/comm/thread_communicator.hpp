@@ -36,6 +36,18 @@ struct SpaceReduce {
   static void run(DType t, void* out, const void* const* in, int n, std::int64_t count, ReduceOp op) {
     reduce_buffers(t, out, in, n, count, op);
   }
+  //! Optional: the reduction written into each of `outs[0..n_out)` in one pass (lets all_reduce push
+  //! its slice to every rank instead of having every rank pull it afterwards).
+  static void run_to(DType t, void* const* outs, int n_out, const void* const* in, int n, std::int64_t count,
+                     ReduceOp op) {
+    reduce_buffers(t, outs, n_out, in, n, count, op);
+  }
+};
+
+//! Whether `SpaceReduce<Space>` can write one reduction into several buffers.
+template <class Space>
+concept PushReduce = requires(DType t, void* const* outs, const void* const* in, std::int64_t c, ReduceOp op) {
+  SpaceReduce<Space>::run_to(t, outs, 1, in, 1, c, op);
 };
 
 //! [begin, end) of chunk i when `count` elements are split over `n` ranks as evenly as possible.
@@ -74,9 +86,10 @@ class MailWork final : public WorkState {
 //! device memory of one GPU shared by several ranks).
 //!
 //! Zero-copy: ranks read each other's buffers directly. An all-reduce of n bytes on N ranks has rank r
-//! reduce slice r of every buffer (in rank order, so results are bitwise repeatable) and then copy the
-//! other N-1 reduced slices: about 2n bytes read per rank, no root, no global lock. Every collective
-//! starts by exchanging its description, so mismatched calls are always detected, at no cost.
+//! reduce slice r of every buffer (in rank order, so results are bitwise repeatable) and write the result
+//! into slice r of every buffer in the same pass (host memory; device spaces copy the other N-1 reduced
+//! slices after a barrier instead): about n bytes read and n written per rank, no root, no global lock.
+//! Every collective starts by exchanging its description, so mismatched calls are always detected, at no cost.
 //! Async calls run in issue order on a per-group communication thread.
 template <MemorySpace Space>
 class ThreadCommunicator final : public Transport {
@@ -116,6 +129,7 @@ class ThreadCommunicator final : public Transport {
     CollectiveDesc d{CollectiveKind::split};
     d.seq = ++seq_;
     if (worker_ && worker_->busy()) worker_->submit([] {})->wait();  // keep issue order
+    refuse_if_broken(d);
     auto& s = g_->slot(r_);
     s.desc = d;
     s.color = color;
@@ -145,8 +159,15 @@ class ThreadCommunicator final : public Transport {
   }
 
  private:
+  // Throws before touching our slot if the group broke: ranks still reporting a mismatch read every slot.
+  void refuse_if_broken(const CollectiveDesc& d) {
+    std::lock_guard lock(g_->mutex);
+    g_->check_usable(r_, d);
+  }
+
   // One collective, on the calling thread (inline or the worker).
   void run(const CollectiveDesc& d, const void* in, void* out) {
+    refuse_if_broken(d);
     auto& s = g_->slot(r_);
     s.desc = d;
     s.in = in;
@@ -165,6 +186,16 @@ class ThreadCommunicator final : public Transport {
         // Each rank reduces its slice; all_reduce then gathers the slices, reduce leaves them at the root.
         const auto [b, e] = detail::chunk(d.count, n, r_);
         for (int j = 0; j < n; ++j) ins[static_cast<std::size_t>(j)] = at(g_->slot(j).out, b);
+        if constexpr (detail::PushReduce<Space>) {
+          // One pass: the slice, once reduced, is written straight into every rank's buffer (nobody else
+          // touches slice r of any buffer), so each rank reads and writes its slice of n buffers once.
+          if (d.kind == CollectiveKind::all_reduce) {
+            std::vector<void*> outs(static_cast<std::size_t>(n));
+            for (int j = 0; j < n; ++j) outs[static_cast<std::size_t>(j)] = atm(g_->slot(j).out, b);
+            if (e > b) detail::SpaceReduce<Space>::run_to(d.dtype, outs.data(), n, ins.data(), n, e - b, d.op);
+            break;
+          }
+        }
         void* dst = d.kind == CollectiveKind::all_reduce ? out : g_->slot(d.root).out;
         if (e > b) detail::SpaceReduce<Space>::run(d.dtype, atm(dst, b), ins.data(), n, e - b, d.op);
         g_->arrive_and_wait(r_, d);

@@ -1,0 +1,205 @@
+// parallax/backend/cuda/elementwise.cuh — elementwise, cast and reduction kernels like host::Elementwise (nvcc).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include "../../config.hpp"
+#include "../../core/detail/float_bits.hpp"
+#include "../../core/dtype.hpp"
+#include "../../core/view.hpp"
+#include "../../error.hpp"
+#include "check.hpp"
+#include "context.hpp"
+#include "detail/grid.cuh"
+#include "memory.hpp"
+
+namespace parallax::cuda {
+
+namespace detail {
+
+inline constexpr int elementwise_threads = 256;
+inline constexpr int reduce_threads = 256;
+inline constexpr int reduce_max_blocks = 1024;
+static_assert((reduce_max_blocks + 1) * sizeof(double) <= reduce_scratch_bytes,
+              "cuda::Elementwise: the context's reduction scratch is too small for the partial sums");
+
+inline void same_size(const char* op, std::int64_t a, std::int64_t b) {
+  if (a != b) throw Error(fmt::format("{}: operands have {} and {} elements", op, a, b));
+}
+
+//! Blocks of an elementwise grid-stride launch over `n` elements: enough to fill the GPU, no more.
+[[nodiscard]] inline unsigned elementwise_blocks(const Context& ctx, std::int64_t n) {
+  const std::int64_t wanted = (n + elementwise_threads - 1) / elementwise_threads;
+  return static_cast<unsigned>(std::min<std::int64_t>(wanted, std::int64_t{ctx.sm_count()} * 16));
+}
+
+//! Blocks of the first reduction pass. It depends on `n` only (not on the GPU), so a reduction of a given
+//! size always adds in the same order: the result is bitwise repeatable.
+[[nodiscard]] inline unsigned reduce_blocks(std::int64_t n) {
+  const std::int64_t wanted = (n + reduce_threads * 8 - 1) / (reduce_threads * 8);
+  return static_cast<unsigned>(std::clamp<std::int64_t>(wanted, 1, reduce_max_blocks));
+}
+
+template <class T>
+__global__ void fill_kernel(T* x, std::int64_t n, T value) {
+  for (std::int64_t i = grid_index(); i < n; i += grid_stride())
+    x[i] = value;
+}
+
+template <class S, class D>
+__global__ void cast_kernel(const S* src, D* dst, std::int64_t n) {
+  for (std::int64_t i = grid_index(); i < n; i += grid_stride())
+    dst[i] = D(float(src[i]));
+}
+
+template <class T>
+__global__ void scale_kernel(T* x, std::int64_t n, float a) {
+  for (std::int64_t i = grid_index(); i < n; i += grid_stride())
+    x[i] = T(__fmul_rn(a, float(x[i])));
+}
+
+// Separate multiplies and adds (no fused multiply-add), so fp32 results equal the host backend's bitwise.
+template <class T, class S>
+__global__ void axpby_kernel(float a, const S* x, float b, T* y, std::int64_t n) {
+  for (std::int64_t i = grid_index(); i < n; i += grid_stride()) {
+    const float ax = __fmul_rn(a, float(x[i]));
+    y[i] = T(__fadd_rn(ax, b == 0.f ? 0.f : __fmul_rn(b, float(y[i]))));
+  }
+}
+
+//! What a reduction adds up per element.
+struct SumTerm {
+  template <class T>
+  __device__ double operator()(T v) const { return double(float(v)); }
+};
+struct SquareTerm {
+  template <class T>
+  __device__ double operator()(T v) const {
+    const double d = float(v);
+    return d * d;
+  }
+};
+struct NonfiniteTerm {
+  template <class T>
+  __device__ unsigned long long operator()(T v) const {
+    return (parallax::detail::float_to_bits(float(v)) & 0x7f800000u) == 0x7f800000u ? 1ull : 0ull;
+  }
+};
+
+//! Sum over the block in a fixed tree order (warp shuffles, then the warp totals); thread 0 gets it.
+template <class Acc>
+__device__ Acc block_sum(Acc v) {
+  __shared__ Acc warp_totals[reduce_threads / 32];
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) warp_totals[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < reduce_threads / 32 ? warp_totals[lane] : Acc{0};
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  }
+  return v;
+}
+
+//! Pass 1: block b writes the sum of `term` over its grid-stride share of x to partial[b].
+template <class Acc, class T, class Term>
+__global__ void __launch_bounds__(reduce_threads)
+    reduce_partial_kernel(const T* x, std::int64_t n, Acc* partial, Term term) {
+  Acc acc{0};
+  for (std::int64_t i = grid_index(); i < n; i += grid_stride())
+    acc += term(x[i]);
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+//! Pass 2: one block adds the partial sums.
+template <class Acc>
+__global__ void __launch_bounds__(reduce_threads) reduce_final_kernel(const Acc* partial, int count, Acc* out) {
+  Acc acc{0};
+  for (int i = threadIdx.x; i < count; i += blockDim.x) acc += partial[i];
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) *out = acc;
+}
+
+//! Runs both passes on the compute stream and returns the result (waits for the stream).
+template <class Acc, class T, class Term>
+[[nodiscard]] Acc reduce(const Context& ctx, const T* x, std::int64_t n, Term term, const char* what) {
+  if (n == 0) return Acc{0};
+  const unsigned blocks = reduce_blocks(n);
+  Acc* partial = static_cast<Acc*>(ctx.reduce_scratch());
+  Acc* total = partial + reduce_max_blocks;
+  reduce_partial_kernel<Acc><<<blocks, reduce_threads, 0, ctx.stream()>>>(x, n, partial, term);
+  check_launch(what);
+  reduce_final_kernel<Acc><<<1, reduce_threads, 0, ctx.stream()>>>(partial, static_cast<int>(blocks), total);
+  check_launch(what);
+  check(cudaMemcpyAsync(ctx.reduce_result(), total, sizeof(Acc), cudaMemcpyDeviceToHost, ctx.stream()), what);
+  check(cudaStreamSynchronize(ctx.stream()), what);
+  Acc result;
+  std::memcpy(&result, ctx.reduce_result(), sizeof(Acc));
+  return result;
+}
+
+}  // namespace detail
+
+//! Elementwise kernels of the CUDA backend, queued on the context's compute stream (asynchronous, except
+//! reductions, which wait for their result). Same functions and fp32 math as `host::Elementwise`;
+//! reductions accumulate in fp64 in an order fixed by the size, so they are bitwise repeatable.
+struct Elementwise {
+  template <FloatElement T>
+  static void fill(const Context& ctx, View<T, Memory> x, float value) {
+    if (x.empty()) return;
+    const unsigned blocks = detail::elementwise_blocks(ctx, x.numel());
+    detail::fill_kernel<<<blocks, detail::elementwise_threads, 0, ctx.stream()>>>(x.data(), x.numel(), T(value));
+    check_launch("cuda::Elementwise::fill");
+  }
+  //! dst = src converted (rounding to nearest even for 16-bit types).
+  template <FloatElement S, FloatElement D>
+  static void cast(const Context& ctx, View<const S, Memory> src, View<D, Memory> dst) {
+    detail::same_size("cast", src.numel(), dst.numel());
+    if (src.empty()) return;
+    const unsigned blocks = detail::elementwise_blocks(ctx, src.numel());
+    detail::cast_kernel<<<blocks, detail::elementwise_threads, 0, ctx.stream()>>>(src.data(), dst.data(), src.numel());
+    check_launch("cuda::Elementwise::cast");
+  }
+  //! x *= a.
+  template <FloatElement T>
+  static void scale(const Context& ctx, View<T, Memory> x, float a) {
+    if (x.empty()) return;
+    const unsigned blocks = detail::elementwise_blocks(ctx, x.numel());
+    detail::scale_kernel<<<blocks, detail::elementwise_threads, 0, ctx.stream()>>>(x.data(), x.numel(), a);
+    check_launch("cuda::Elementwise::scale");
+  }
+  //! y = a * x + b * y  (b == 0 ignores y's contents).
+  template <FloatElement T, FloatElement S>
+  static void axpby(const Context& ctx, float a, View<const S, Memory> x, float b, View<T, Memory> y) {
+    detail::same_size("axpby", x.numel(), y.numel());
+    if (x.empty()) return;
+    const unsigned blocks = detail::elementwise_blocks(ctx, x.numel());
+    detail::axpby_kernel<<<blocks, detail::elementwise_threads, 0, ctx.stream()>>>(a, x.data(), b, y.data(), x.numel());
+    check_launch("cuda::Elementwise::axpby");
+  }
+  //! Sum of all elements.
+  template <FloatElement T>
+  [[nodiscard]] static double sum(const Context& ctx, View<const T, Memory> x) {
+    return detail::reduce<double>(ctx, x.data(), x.numel(), detail::SumTerm{}, "cuda::Elementwise::sum");
+  }
+  //! Sum of squares (the square of the L2 norm).
+  template <FloatElement T>
+  [[nodiscard]] static double sum_squares(const Context& ctx, View<const T, Memory> x) {
+    return detail::reduce<double>(ctx, x.data(), x.numel(), detail::SquareTerm{}, "cuda::Elementwise::sum_squares");
+  }
+  //! Number of NaN or infinite elements.
+  template <FloatElement T>
+  [[nodiscard]] static std::int64_t count_nonfinite(const Context& ctx, View<const T, Memory> x) {
+    return static_cast<std::int64_t>(detail::reduce<unsigned long long>(ctx, x.data(), x.numel(),
+                                                                        detail::NonfiniteTerm{},
+                                                                        "cuda::Elementwise::count_nonfinite"));
+  }
+};
+
+}  // namespace parallax::cuda

@@ -1,0 +1,139 @@
+// parallax/backend/cuda/memory.hpp — cuda::Memory (GPU global memory) and cuda::PinnedMemory (pinned host memory).
+#pragma once
+
+#include <cstddef>
+#include <cstring>
+
+#include <cuda_runtime_api.h>
+
+#include "check.hpp"
+#include "device.hpp"
+
+namespace parallax::cuda {
+
+namespace detail {
+
+//! The device that owns the memory at `p`, or -1 for host memory (pageable or pinned).
+[[nodiscard]] inline int device_of(const void* p) {
+  if (p == nullptr) return -1;
+  cudaPointerAttributes attributes{};
+  check(cudaPointerGetAttributes(&attributes, p), "cudaPointerGetAttributes");
+  return attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged ? attributes.device : -1;
+}
+
+//! Waits until all work queued on the current device, and on the devices owning `a` and `b`, is done,
+//! so that a stream-less copy sees the results of kernels queued on any stream (a rank's compute or
+//! communication stream, or another rank's when ranks share a GPU).
+inline void drain(const void* a, const void* b) {
+  const int current = current_device();
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  int done = current;
+  for (const void* p : {a, b}) {
+    const int device = device_of(p);
+    if (device < 0 || device == current || device == done) continue;
+    DeviceGuard on(device);
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+    done = device;
+  }
+}
+
+//! A copy that is complete on return and ordered after all queued device work.
+inline void copy_now(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind, const char* what) {
+  if (bytes == 0) return;
+  drain(dst, src);
+  check(cudaMemcpyAsync(dst, src, bytes, kind, cudaStreamPerThread), what);
+  check(cudaStreamSynchronize(cudaStreamPerThread), what);
+}
+
+}  // namespace detail
+
+//! Global memory of the current GPU. Models `MemorySpace`.
+//!
+//! Every function is synchronous: it first waits for the work already queued on the device (on any
+//! stream), then completes before it returns. They are meant for setup, checkpoints and tests; kernels
+//! and collectives work on a `cuda::Context`'s streams instead. `allocate` returns nullptr when the GPU
+//! is out of memory (so `Allocator` reports the shortfall) and throws on any other failure.
+//! @code
+//! MemoryStats stats;
+//! Allocator<cuda::Memory> alloc(stats, rank);
+//! Tensor<bf16, cuda::Memory> w(alloc, Shape{1024, 4096}, MemoryCategory::parameters);
+//! @endcode
+struct Memory {
+  static constexpr const char* name = "cuda";
+  static constexpr bool host_accessible = false;
+  static constexpr std::size_t alignment = 256;  // what cudaMalloc guarantees
+
+  [[nodiscard]] static void* allocate(std::size_t bytes) {
+    if (bytes == 0) return nullptr;
+    void* p = nullptr;
+    const cudaError_t status = cudaMalloc(&p, bytes);
+    if (status == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      return nullptr;
+    }
+    check(status, "cudaMalloc");
+    return p;
+  }
+  static void deallocate(void* p, std::size_t) {
+    if (p == nullptr) return;
+    const cudaError_t status = cudaFree(p);
+    if (status == cudaErrorCudartUnloading) return;  // process exit: the driver frees everything
+    check(status, "cudaFree");
+  }
+  //! Device to device (either device, with unified addressing).
+  static void copy(void* dst, const void* src, std::size_t bytes) {
+    detail::copy_now(dst, src, bytes, cudaMemcpyDefault, "cuda::Memory::copy (cudaMemcpyAsync)");
+  }
+  //! Host (pageable or pinned) to device.
+  static void upload(void* dst, const void* src, std::size_t bytes) {
+    detail::copy_now(dst, src, bytes, cudaMemcpyHostToDevice, "cuda::Memory::upload (cudaMemcpyAsync)");
+  }
+  //! Device to host.
+  static void download(void* dst, const void* src, std::size_t bytes) {
+    detail::copy_now(dst, src, bytes, cudaMemcpyDeviceToHost, "cuda::Memory::download (cudaMemcpyAsync)");
+  }
+  static void zero(void* p, std::size_t bytes) {
+    if (bytes == 0) return;
+    detail::drain(p, nullptr);
+    check(cudaMemsetAsync(p, 0, bytes, cudaStreamPerThread), "cuda::Memory::zero (cudaMemsetAsync)");
+    check(cudaStreamSynchronize(cudaStreamPerThread), "cuda::Memory::zero (cudaStreamSynchronize)");
+  }
+};
+
+//! Page-locked host memory (`cudaMallocHost`): host-accessible, and the source or target of truly
+//! asynchronous copies, e.g. optimizer state offloaded to the CPU. Models `MemorySpace`.
+//!
+//! Its copies are plain host copies: wait for any asynchronous transfer into or out of it first.
+struct PinnedMemory {
+  static constexpr const char* name = "cuda_pinned";
+  static constexpr bool host_accessible = true;
+  static constexpr std::size_t alignment = 4096;
+
+  [[nodiscard]] static void* allocate(std::size_t bytes) {
+    if (bytes == 0) return nullptr;
+    void* p = nullptr;
+    const cudaError_t status = cudaMallocHost(&p, bytes);
+    if (status == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      return nullptr;
+    }
+    check(status, "cudaMallocHost");
+    return p;
+  }
+  static void deallocate(void* p, std::size_t) {
+    if (p == nullptr) return;
+    const cudaError_t status = cudaFreeHost(p);
+    if (status == cudaErrorCudartUnloading) return;
+    check(status, "cudaFreeHost");
+  }
+  static void copy(void* dst, const void* src, std::size_t bytes) noexcept {
+    if (bytes) std::memmove(dst, src, bytes);
+  }
+  static void upload(void* dst, const void* src, std::size_t bytes) noexcept { copy(dst, src, bytes); }
+  static void download(void* dst, const void* src, std::size_t bytes) noexcept { copy(dst, src, bytes); }
+  static void zero(void* p, std::size_t bytes) noexcept {
+    if (bytes) std::memset(p, 0, bytes);
+  }
+};
+
+}  // namespace parallax::cuda
