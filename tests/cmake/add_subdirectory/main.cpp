@@ -1,0 +1,10 @@
+// Uses a vendored parallax (add_subdirectory): prints the version it was built against.
+#include <parallax/parallax.hpp>
+
+#include <cstdio>
+
+int main() {
+  std::printf("parallax %d.%d.%d (parallax::version = %d)\n", PARALLAX_VERSION_MAJOR, PARALLAX_VERSION_MINOR,
+              PARALLAX_VERSION_PATCH, parallax::version);
+  return 0;
+}
