@@ -39,5 +39,6 @@
 #if defined(__CUDACC__)
 #include "backend/cuda/backend.hpp"
 #include "backend/cuda/reduce.cuh"
+#include "comm/nccl_bootstrap.hpp"
 #include "comm/nccl_communicator.hpp"
 #endif
