@@ -177,18 +177,11 @@ struct MpiHalfOps {
 //! p[i] /= n for i in [0, count), as the host reduction computes `avg`: fp32 for 16-bit floats (rounded
 //! once), integer division (truncating) for integers.
 inline void divide_in_place(DType t, void* p, std::int64_t count, int n) {
-  auto go = [&]<class T>(T* x) {
+  dispatch(t, [&]<class T>(std::type_identity<T>) {
     using Acc = std::conditional_t<std::is_same_v<T, bf16> || std::is_same_v<T, fp16>, float, T>;
+    T* x = static_cast<T*>(p);
     for (std::int64_t i = 0; i < count; ++i) x[i] = T(static_cast<Acc>(static_cast<Acc>(x[i]) / static_cast<Acc>(n)));
-  };
-  switch (t) {
-    case DType::f32: go(static_cast<float*>(p)); break;
-    case DType::bf16: go(static_cast<bf16*>(p)); break;
-    case DType::f16: go(static_cast<fp16*>(p)); break;
-    case DType::i32: go(static_cast<std::int32_t*>(p)); break;
-    case DType::i64: go(static_cast<std::int64_t*>(p)); break;
-    case DType::f64: go(static_cast<double*>(p)); break;
-  }
+  });
 }
 
 //! One pass of MPI_Test over the unfinished requests; true when none is left. Keeps each request's status

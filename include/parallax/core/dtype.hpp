@@ -43,6 +43,20 @@ inline constexpr DType dtype_of = std::is_same_v<T, float>          ? DType::f32
   return "?";
 }
 
+//! Calls `f(std::type_identity<T>{})` with the element type `T` that `t` names.
+template <class F>
+constexpr decltype(auto) dispatch(DType t, F&& f) {
+  switch (t) {
+    case DType::bf16: return f(std::type_identity<bf16>{});
+    case DType::f16: return f(std::type_identity<fp16>{});
+    case DType::i32: return f(std::type_identity<std::int32_t>{});
+    case DType::i64: return f(std::type_identity<std::int64_t>{});
+    case DType::f64: return f(std::type_identity<double>{});
+    case DType::f32: break;
+  }
+  return f(std::type_identity<float>{});
+}
+
 [[nodiscard]] constexpr std::size_t size_of(DType t) noexcept {
   switch (t) {
     case DType::bf16:

@@ -84,17 +84,9 @@ inline void reduce_on_device(DType t, void* const* outs, int n_out, const void* 
   constexpr int threads = 256;
   const std::int64_t wanted = (count + threads - 1) / threads;
   const auto blocks = static_cast<unsigned>(std::min<std::int64_t>(wanted, std::int64_t{sms} * 16));
-  auto go = [&]<class T>(T*) {
+  dispatch(t, [&]<class T>(std::type_identity<T>) {
     reduce_ranks_kernel<T><<<blocks, threads, 0, cudaStreamPerThread>>>(p, n_out, n, count, op);
-  };
-  switch (t) {
-    case DType::f32: go(static_cast<float*>(nullptr)); break;
-    case DType::bf16: go(static_cast<bf16*>(nullptr)); break;
-    case DType::f16: go(static_cast<fp16*>(nullptr)); break;
-    case DType::i32: go(static_cast<std::int32_t*>(nullptr)); break;
-    case DType::i64: go(static_cast<std::int64_t*>(nullptr)); break;
-    case DType::f64: go(static_cast<double*>(nullptr)); break;
-  }
+  });
   check_launch("ThreadCommunicator<cuda::Memory> reduction");
   check(cudaStreamSynchronize(cudaStreamPerThread), "ThreadCommunicator<cuda::Memory> reduction (sync)");
 }

@@ -85,17 +85,9 @@ void reduce_buffers(T* out, const T* const* in, int n, std::int64_t count, Reduc
 //! `reduce_buffers` on a run-time element type, into each of `outs[0..n_out)`.
 inline void reduce_buffers(DType t, void* const* outs, int n_out, const void* const* in, int n, std::int64_t count,
                            ReduceOp op) {
-  auto go = [&]<class T>(T*) {
+  dispatch(t, [&]<class T>(std::type_identity<T>) {
     reduce_buffers(reinterpret_cast<T* const*>(outs), n_out, reinterpret_cast<const T* const*>(in), n, count, op);
-  };
-  switch (t) {
-    case DType::f32: go(static_cast<float*>(nullptr)); break;
-    case DType::bf16: go(static_cast<bf16*>(nullptr)); break;
-    case DType::f16: go(static_cast<fp16*>(nullptr)); break;
-    case DType::i32: go(static_cast<std::int32_t*>(nullptr)); break;
-    case DType::i64: go(static_cast<std::int64_t*>(nullptr)); break;
-    case DType::f64: go(static_cast<double*>(nullptr)); break;
-  }
+  });
 }
 
 //! `reduce_buffers` on a run-time element type.
