@@ -2,10 +2,10 @@
 #pragma once
 
 #include <cstddef>
-#include <cstring>
 
 #include <cuda_runtime_api.h>
 
+#include "../host/memory.hpp"
 #include "check.hpp"
 #include "device.hpp"
 
@@ -103,8 +103,8 @@ struct Memory {
 //! Page-locked host memory (`cudaMallocHost`): host-accessible, and the source or target of truly
 //! asynchronous copies, e.g. optimizer state offloaded to the CPU. Models `MemorySpace`.
 //!
-//! Its copies are plain host copies: wait for any asynchronous transfer into or out of it first.
-struct PinnedMemory {
+//! Its copies are host::Memory's plain host copies: wait for any asynchronous transfer into or out of it first.
+struct PinnedMemory : host::Memory {
   static constexpr const char* name = "cuda_pinned";
   static constexpr bool host_accessible = true;
   static constexpr std::size_t alignment = 4096;
@@ -125,14 +125,6 @@ struct PinnedMemory {
     const cudaError_t status = cudaFreeHost(p);
     if (status == cudaErrorCudartUnloading) return;
     check(status, "cudaFreeHost");
-  }
-  static void copy(void* dst, const void* src, std::size_t bytes) noexcept {
-    if (bytes) std::memmove(dst, src, bytes);
-  }
-  static void upload(void* dst, const void* src, std::size_t bytes) noexcept { copy(dst, src, bytes); }
-  static void download(void* dst, const void* src, std::size_t bytes) noexcept { copy(dst, src, bytes); }
-  static void zero(void* p, std::size_t bytes) noexcept {
-    if (bytes) std::memset(p, 0, bytes);
   }
 };
 
