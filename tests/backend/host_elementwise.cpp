@@ -3,6 +3,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "../support/support.hpp"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -21,31 +23,15 @@ using parallax::host::Backend;
 using HostMemory = parallax::host::Memory;
 using Catch::Matchers::Contains;
 
+using parallax::test::bits_of;
+using parallax::test::cview;
+using parallax::test::view;
+
 namespace {
 
 const parallax::host::Context ctx(0);
 constexpr float nan_f = std::numeric_limits<float>::quiet_NaN();
 constexpr float inf_f = std::numeric_limits<float>::infinity();
-
-template <class T>
-std::uint32_t bits_of(T v) {
-  if constexpr (std::is_same_v<T, float>) {
-    std::uint32_t b;
-    std::memcpy(&b, &v, sizeof b);
-    return b;
-  } else {
-    return v.bits;
-  }
-}
-
-template <class T>
-View<T, HostMemory> view(std::vector<T>& v) {
-  return View<T, HostMemory>(v.data(), Shape{static_cast<std::int64_t>(v.size())});
-}
-template <class T>
-View<const T, HostMemory> cview(const std::vector<T>& v) {
-  return View<const T, HostMemory>(v.data(), Shape{static_cast<std::int64_t>(v.size())});
-}
 
 template <class T>
 std::vector<T> from_floats(const std::vector<float>& f) {

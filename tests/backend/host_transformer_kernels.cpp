@@ -5,6 +5,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "../support/support.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -34,6 +36,8 @@ using i32 = std::int32_t;
 using i64 = std::int64_t;
 
 static_assert(px::Backend<Backend>);
+
+using parallax::test::error_of;
 
 namespace {
 
@@ -132,18 +136,6 @@ double dot(const vd& a, const vd& b) {
   double s = 0;
   for (std::size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
   return s;
-}
-
-// Runs f and returns the message of the parallax::Error it throws.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  FAIL("expected a parallax::Error");
-  return {};
 }
 
 // ---- double references -------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "../support/support.hpp"
+
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -15,6 +17,9 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+using parallax::test::cview;
+using parallax::test::view;
 
 namespace {
 
@@ -24,15 +29,6 @@ using B = px::host::Backend;
 using Mem = px::host::Memory;
 using Rank = px::Rank<B>;
 using Catch::Matchers::Contains;
-
-template <class T>
-px::View<T, Mem> view(std::vector<T>& v) {
-  return {v.data(), px::Shape{static_cast<std::int64_t>(v.size())}};
-}
-template <class T>
-px::View<const T, Mem> cview(const std::vector<T>& v) {
-  return {v.data(), px::Shape{static_cast<std::int64_t>(v.size())}};
-}
 
 // What one rank caught.
 struct Caught {

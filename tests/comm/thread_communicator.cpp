@@ -9,6 +9,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "../support/support.hpp"
+
 #include <array>
 #include <atomic>
 #include <cmath>
@@ -20,6 +22,9 @@
 #include <vector>
 
 #include <fmt/format.h>
+
+using parallax::test::cview;
+using parallax::test::view;
 
 namespace {
 
@@ -59,15 +64,6 @@ struct Log {
 void check_clean(const Log& log) {
   INFO(log.text());
   CHECK(log.total() == 0);
-}
-
-template <class T>
-px::View<T, Mem> view(std::vector<T>& v) {
-  return {v.data(), px::Shape{static_cast<std::int64_t>(v.size())}};
-}
-template <class T>
-px::View<const T, Mem> cview(const std::vector<T>& v) {
-  return {v.data(), px::Shape{static_cast<std::int64_t>(v.size())}};
 }
 
 template <class T>

@@ -8,6 +8,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "../support/support.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -27,21 +29,11 @@ using parallax::init::Slice;
 using HostMemory = parallax::host::Memory;
 using Catch::Matchers::Contains;
 
+using parallax::test::bits_of;
+
 namespace {
 
 using Words = Philox4x32::counter_type;
-
-// Bit pattern of an element, so float and 16-bit values compare exactly (and -0 differs from 0).
-template <class T>
-std::uint32_t bits_of(T v) {
-  if constexpr (std::is_same_v<T, float>) {
-    std::uint32_t b;
-    std::memcpy(&b, &v, sizeof b);
-    return b;
-  } else {
-    return v.bits;
-  }
-}
 
 template <class T>
 std::string error_of_fill(View<T, HostMemory> v, const Slice& s) {

@@ -8,6 +8,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "../support/support.hpp"
+
 #include <cstdint>
 #include <cstring>
 #include <numeric>
@@ -41,19 +43,9 @@ static_assert(!std::is_copy_assignable_v<Tensor<float, HostMemory>>);
 static_assert(std::is_nothrow_move_constructible_v<Tensor<float, HostMemory>>);
 static_assert(std::is_nothrow_move_assignable_v<Tensor<float, HostMemory>>);
 
-namespace {
+using parallax::test::error_of;
 
-// Runs f and returns the message of the parallax::Error it throws (fails the test if it throws nothing).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  FAIL("expected a parallax::Error");
-  return {};
-}
+namespace {
 
 }  // namespace
 

@@ -19,6 +19,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "../support/support.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -31,6 +33,8 @@
 #include <thread>
 #include <type_traits>
 #include <vector>
+
+using parallax::test::bits_of;
 
 namespace {
 
@@ -77,16 +81,6 @@ std::vector<T> random_values(std::int64_t n, std::uint32_t seed, float lo = -1.f
   return v;
 }
 
-template <class T>
-std::uint32_t bits_of(T v) {
-  if constexpr (std::is_same_v<T, float>) {
-    std::uint32_t u;
-    std::memcpy(&u, &v, sizeof u);
-    return u;
-  } else {
-    return v.bits;
-  }
-}
 
 // Device tensors of one test, with their accounting.
 struct DeviceBuffers {

@@ -8,6 +8,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "../support/support.hpp"
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -19,6 +21,9 @@
 
 #include "parallax/backend/host/memory.hpp"
 #include "parallax/comm/communicator.hpp"
+
+using parallax::test::cview;
+using parallax::test::view;
 
 namespace {
 
@@ -81,14 +86,6 @@ std::vector<T> filled(int rank, std::int64_t n, std::int64_t offset = 0) {
   return v;
 }
 
-template <class T>
-px::View<T, Space> view(std::vector<T>& v) {
-  return px::View<T, Space>(v.data(), px::Shape{static_cast<std::int64_t>(v.size())});
-}
-template <class T>
-px::View<const T, Space> cview(const std::vector<T>& v) {
-  return px::View<const T, Space>(v.data(), px::Shape{static_cast<std::int64_t>(v.size())});
-}
 
 // Checks every element against want(i), reporting how many differ and the first one.
 template <class T, class Want>
