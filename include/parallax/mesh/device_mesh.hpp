@@ -3,6 +3,7 @@
 
 #include <array>
 #include <string>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -11,11 +12,9 @@
 #include "../comm/rank.hpp"
 #include "../core/extent.hpp"
 #include "../error.hpp"
+#include "axis.hpp"
 
 namespace parallax {
-
-//! The axes of a mesh.
-enum class Axis : int { dp, pp, tp, cp };
 
 //! A rank's position on each axis.
 struct Coords {
@@ -111,9 +110,13 @@ class DeviceMesh {
     dp_cp_ = world.split(c.pp * s.tp + c.tp, c.dp * s.cp + c.cp, "dp_cp");
     mp_ = world.split(c.dp * s.cp + c.cp, c.pp * s.tp + c.tp, "pp_tp");
   }
-  //! Builds the mesh over the rank's world group.
+  //! Builds the mesh over the rank's world group; modules built on this mesh use the rank's context and
+  //! allocator (see `mesh_rank`).
   template <Backend B>
-  explicit DeviceMesh(Rank<B>& rank) : DeviceMesh(rank.world()) {}
+  explicit DeviceMesh(Rank<B>& rank) : DeviceMesh(rank.world()) {
+    rank_ = &rank;
+    rank_backend_ = B::name;
+  }
 
   [[nodiscard]] const MeshShape& shape() const noexcept { return shape_; }
   [[nodiscard]] const Coords& coords() const noexcept { return coords_; }
@@ -144,10 +147,36 @@ class DeviceMesh {
   [[nodiscard]] Communicator& model_parallel() noexcept { return mp_; }
   [[nodiscard]] Communicator& world() noexcept { return world_; }
 
+  //! The rank this mesh was built from, as a `Rank<B>`; throws if it was built from a bare communicator
+  //! or from a rank of another backend. Prefer the free function `mesh_rank<B>(mesh)`.
+  template <Backend B>
+  [[nodiscard]] Rank<B>& backend_rank() const {
+    if (rank_ == nullptr)
+      throw Error(fmt::format("{}: built from a communicator, not a Rank; build it from the Rank<{}> to create modules "
+                              "on it",
+                              name(), B::name),
+                  world_rank_or_unknown());
+    if (std::string_view(rank_backend_) != B::name)
+      throw Error(fmt::format("{}: built from a Rank of the {} backend, asked for the {} backend", name(),
+                              rank_backend_, B::name),
+                  world_rank_or_unknown());
+    return *static_cast<Rank<B>*>(rank_);
+  }
+
  private:
+  [[nodiscard]] int world_rank_or_unknown() const { return world_.valid() ? world_.world_rank() : -1; }
+
   MeshShape shape_;
   Coords coords_;
   Communicator world_, dp_, pp_, tp_, cp_, dp_cp_, mp_;
+  void* rank_ = nullptr;              // the Rank<B> the mesh was built from, if any
+  const char* rank_backend_ = "";     // its backend's name
 };
+
+//! The `Rank<B>` a mesh was built from: its backend context and allocator are what modules use.
+template <Backend B, class Mesh>
+[[nodiscard]] Rank<B>& mesh_rank(const Mesh& mesh) {
+  return mesh.template backend_rank<B>();
+}
 
 }  // namespace parallax

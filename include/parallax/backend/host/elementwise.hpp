@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -10,6 +11,7 @@
 #include "../../core/view.hpp"
 #include "../../error.hpp"
 #include "context.hpp"
+#include "detail/kernel_args.hpp"
 #include "memory.hpp"
 
 namespace parallax::host {
@@ -45,6 +47,27 @@ struct Elementwise {
     detail::same_size("axpby", x.numel(), y.numel());
     for (std::int64_t i = 0; i < x.numel(); ++i)
       y.data()[i] = T(a * float(x.data()[i]) + (b == 0.f ? 0.f : b * float(y.data()[i])));
+  }
+  //! y[n, :] += b for every row n of y [N, D]; b is [D].
+  template <FloatElement T>
+  static void add_bias(const Context&, detail::In<T> b, View<T, Memory> y) {
+    detail::expect_rank("add_bias", "y", y.shape(), 2, "[N, D]");
+    const std::int64_t n = y.shape()[0], d = y.shape()[1];
+    detail::expect_shape("add_bias", "b", b.shape(), Shape{d});
+    for (std::int64_t r = 0; r < n; ++r)
+      for (std::int64_t j = 0; j < d; ++j) y.data()[r * d + j] = T(float(y.data()[r * d + j]) + float(b.data()[j]));
+  }
+  //! db[j] += sum_n dy[n, j] for dy [N, D] (the bias gradient). Column sums are formed in fp32 in row
+  //! order and added once; db has dy's type or fp32.
+  template <FloatElement T, FloatElement G>
+  static void bias_grad(const Context&, View<const T, Memory> dy, View<G, Memory> db) {
+    detail::expect_rank("bias_grad", "dy", dy.shape(), 2, "[N, D]");
+    const std::int64_t n = dy.shape()[0], d = dy.shape()[1];
+    detail::expect_shape("bias_grad", "db", db.shape(), Shape{d});
+    std::vector<float> acc(static_cast<std::size_t>(d), 0.f);
+    for (std::int64_t r = 0; r < n; ++r)
+      for (std::int64_t j = 0; j < d; ++j) acc[static_cast<std::size_t>(j)] += float(dy.data()[r * d + j]);
+    for (std::int64_t j = 0; j < d; ++j) db.data()[j] = G(float(db.data()[j]) + acc[static_cast<std::size_t>(j)]);
   }
   //! Sum of all elements.
   template <FloatElement T>

@@ -1,0 +1,103 @@
+// parallax/nn/parameter.hpp — a trainable tensor: its shard of the value, its gradient and its sharding spec.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "../core/allocator.hpp"
+#include "../core/tensor.hpp"
+#include "../error.hpp"
+#include "shard_spec.hpp"
+
+namespace parallax::nn {
+
+//! A trainable parameter: this rank's shard of the value (`parameters` category), its gradient
+//! (`gradients` category, accumulated by `backward_weight`) and its `ShardSpec`.
+//!
+//! Value and gradient live in storage the parameter owns until someone binds other storage to them:
+//! data-parallel gradient buckets bind each gradient to a slice of a flat buffer, and ZeRO-3 binds the
+//! value to a gathered buffer only while a module runs. Binding frees the owned storage.
+//! @code
+//! Parameter<float, host::Memory> w(alloc, ShardSpec::replicated("fc.weight", Shape{16, 8}));
+//! init_shard(w.value(), w.spec(), init::normal(0.02f, seed_for(7, w.name())));
+//! @endcode
+template <FloatElement T, MemorySpace Space>
+class Parameter {
+ public:
+  using value_type = T;
+  using memory_space = Space;
+
+  Parameter(Allocator<Space>& allocator, ShardSpec spec)
+      : spec_(std::move(spec)),
+        value_store_(allocator, spec_.local_shape(), MemoryCategory::parameters),
+        grad_store_(allocator, spec_.local_shape(), MemoryCategory::gradients),
+        value_(value_store_.view()),
+        grad_(grad_store_.view()) {}
+
+  [[nodiscard]] const ShardSpec& spec() const noexcept { return spec_; }
+  [[nodiscard]] const std::string& name() const noexcept { return spec_.name; }
+  [[nodiscard]] const Shape& shape() const noexcept { return value_.shape(); }
+  [[nodiscard]] std::int64_t numel() const noexcept { return value_.numel(); }
+  //! This rank's shard of the value, and its gradient.
+  [[nodiscard]] View<T, Space> value() const noexcept { return value_; }
+  [[nodiscard]] View<T, Space> grad() const noexcept { return grad_; }
+
+  //! Sets the gradient to zero.
+  void zero_grad() const {
+    if (!grad_.empty()) Space::zero(grad_.data(), grad_.bytes());
+  }
+  //! Makes `storage` (same shape) the gradient, freeing owned storage; returns the previous binding.
+  View<T, Space> bind_grad(View<T, Space> storage) {
+    check_binding("bind_grad", storage);
+    grad_store_.reset();
+    return std::exchange(grad_, storage);
+  }
+  //! Makes `storage` (same shape) the value, freeing owned storage; returns the previous binding.
+  View<T, Space> bind_value(View<T, Space> storage) {
+    check_binding("bind_value", storage);
+    value_store_.reset();
+    return std::exchange(value_, storage);
+  }
+
+ private:
+  void check_binding(const char* op, const View<T, Space>& v) const {
+    if (v.shape() != spec_.local_shape())
+      throw Error(fmt::format("Parameter '{}': {} with shape {}, the shard is {}", spec_.name, op, v.shape(),
+                              spec_.local_shape()));
+  }
+
+  ShardSpec spec_;
+  Tensor<T, Space> value_store_, grad_store_;
+  View<T, Space> value_, grad_;
+};
+
+//! The parameters of a module, in a fixed order (the same on every rank of a replica group). The pointers
+//! stay valid while the module is not moved.
+template <FloatElement T, MemorySpace Space>
+using ParameterList = std::vector<Parameter<T, Space>*>;
+
+//! Appends `more` to `list`.
+template <FloatElement T, MemorySpace Space>
+void append(ParameterList<T, Space>& list, const ParameterList<T, Space>& more) {
+  list.insert(list.end(), more.begin(), more.end());
+}
+
+//! A per-parameter seed: the global seed mixed with the parameter's name (FNV-1a), so every parameter draws
+//! a different stream and a parameter's values do not depend on how the model is laid out.
+[[nodiscard]] constexpr std::uint64_t seed_for(std::uint64_t seed, std::string_view name) noexcept {
+  std::uint64_t h = 0xcbf29ce484222325ull ^ seed;
+  for (char c : name) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
+  return h;
+}
+
+//! "prefix.name", or "name" when prefix is empty.
+[[nodiscard]] inline std::string join_name(std::string_view prefix, std::string_view name) {
+  return prefix.empty() ? std::string(name) : fmt::format("{}.{}", prefix, name);
+}
+
+}  // namespace parallax::nn
