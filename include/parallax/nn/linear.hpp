@@ -64,6 +64,7 @@ class Linear {
                o.bias ? std::optional(ShardSpec::replicated(join_name(o.name, "bias"), Shape{out})) : std::nullopt, o) {}
 
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
+  [[nodiscard]] Rank<B>& rank() const noexcept { return *rank_; }
   //! Local input and output features.
   [[nodiscard]] std::int64_t in_features() const noexcept { return weight_.shape()[1]; }
   [[nodiscard]] std::int64_t out_features() const noexcept { return weight_.shape()[0]; }

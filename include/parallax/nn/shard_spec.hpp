@@ -1,6 +1,7 @@
 // parallax/nn/shard_spec.hpp — where a parameter's local tensor sits inside its global (unsharded) tensor.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -91,6 +92,27 @@ void init_shard(View<T, Space> local, const ShardSpec& spec, const Init& init) {
   }
 }
 
+namespace detail {
+
+//! Calls f(local_index, global_index, count) for each contiguous run of shard `spec.index` inside the global
+//! tensor, in the shard's element order.
+template <class F>
+void for_each_run(const ShardSpec& spec, F&& f) {
+  if (spec.global.rank() == 0 || spec.parts == 1) {
+    f(std::int64_t{0}, std::int64_t{0}, spec.global.numel());
+    return;
+  }
+  // The shard is `outer` x `blocks` runs of piece x inner elements; run (o, b) sits at offset(b) along dim.
+  const std::int64_t inner = spec.global.stride(spec.dim);
+  const std::int64_t outer = spec.global.numel() / (inner * spec.global[spec.dim]);
+  const std::int64_t run = spec.piece_length() * inner;
+  std::int64_t n = 0;
+  for (std::int64_t o = 0; o < outer; ++o)
+    for (int b = 0; b < spec.blocks; ++b, n += run) f(n, (o * spec.global[spec.dim] + spec.offset(b)) * inner, run);
+}
+
+}  // namespace detail
+
 //! Assembles the global tensor (row-major, host) from every shard's elements, `shards[i]` being shard i.
 template <class T>
 [[nodiscard]] std::vector<T> assemble(const ShardSpec& spec, std::span<const std::vector<T>> shards) {
@@ -101,24 +123,26 @@ template <class T>
     if (static_cast<std::int64_t>(s.size()) != l.numel())
       throw Error(fmt::format("assemble '{}': a shard has {} elements, expected {} ({})", spec.name, s.size(), l.numel(), l));
   std::vector<T> out(static_cast<std::size_t>(spec.global.numel()));
-  if (spec.global.rank() == 0 || spec.parts == 1) {
-    if (!shards.empty()) out = shards[0];
-    return out;
-  }
-  // Each shard is `outer` runs of `run` elements; run j of block b sits at global offset offset(b) along dim.
-  const std::int64_t outer = spec.global.numel() / (spec.global.stride(spec.dim) * spec.global[spec.dim]);
-  const std::int64_t inner = spec.global.stride(spec.dim);
-  const std::int64_t piece = spec.piece_length();
   for (int i = 0; i < spec.parts; ++i) {
-    const ShardSpec si = spec.shard(i);
     const auto& src = shards[static_cast<std::size_t>(i)];
-    std::int64_t n = 0;
-    for (std::int64_t o = 0; o < outer; ++o)
-      for (int b = 0; b < spec.blocks; ++b) {
-        const std::int64_t dst = (o * spec.global[spec.dim] + si.offset(b)) * inner;
-        for (std::int64_t k = 0; k < piece * inner; ++k) out[static_cast<std::size_t>(dst + k)] = src[static_cast<std::size_t>(n++)];
-      }
+    detail::for_each_run(spec.shard(i), [&](std::int64_t local, std::int64_t global, std::int64_t n) {
+      std::copy_n(src.begin() + local, n, out.begin() + global);
+    });
   }
+  return out;
+}
+
+//! This shard's elements (row-major, host) of the global tensor `global`: the inverse of `assemble`, used to
+//! load an unsharded checkpoint onto any mesh.
+template <class T>
+[[nodiscard]] std::vector<T> extract(const ShardSpec& spec, std::span<const T> global) {
+  if (static_cast<std::int64_t>(global.size()) != spec.global.numel())
+    throw Error(fmt::format("extract '{}': {} elements given for global shape {} ({} elements)", spec.name,
+                            global.size(), spec.global, spec.global.numel()));
+  std::vector<T> out(static_cast<std::size_t>(spec.local_shape().numel()));
+  detail::for_each_run(spec, [&](std::int64_t local, std::int64_t g, std::int64_t n) {
+    std::copy_n(global.begin() + g, n, out.begin() + local);
+  });
   return out;
 }
 
