@@ -1,4 +1,5 @@
-// parallax/backend/host/attention.hpp — host causal multi-head attention core (softmax(q k^T) v), flash-attention style.
+// parallax/backend/host/attention.hpp — host causal multi-head attention core (softmax(q k^T) v), flash-attention
+// style, and the head-layout copies around it.
 #pragma once
 
 #include <algorithm>
@@ -43,6 +44,28 @@ AttentionDims attention_dims(const char* op, const Shape& q, const Shape& lse, c
   return {q[0] * q[1], q[2], q[3]};
 }
 
+//! Checks `heads` [B, H, T, Dh], the `named` operands (of its shape) and the sequence-first `packed`
+//! [T, B, sections * H * Dh].
+template <class... S>
+void expect_head_layout(const char* op, const char* packed_name, const Shape& packed, std::int64_t sections,
+                        const char* heads_name, const Shape& heads, const S&... named) {
+  expect_rank(op, heads_name, heads, 4, "[B, H, T, Dh]");
+  (expect_shape(op, named.first, named.second, heads), ...);
+  expect_shape(op, packed_name, packed, Shape{heads[2], heads[0], sections * heads[1] * heads[3]});
+}
+
+//! Calls f(section, packed_offset, head_offset) for every row of Dh elements: row (t, b, section s, head h) of
+//! the sequence-first [T, B, S * H * Dh] at packed_offset is row (b, h, t) of section s's [B, H, T, Dh] at head_offset.
+template <class F>
+void for_each_head_row(const Shape& heads, std::int64_t sections, F&& f) {
+  const std::int64_t nb = heads[0], nh = heads[1], nt = heads[2], dh = heads[3];
+  for (std::int64_t t = 0; t < nt; ++t)
+    for (std::int64_t b = 0; b < nb; ++b)
+      for (std::int64_t s = 0; s < sections; ++s)
+        for (std::int64_t h = 0; h < nh; ++h)
+          f(s, (((t * nb + b) * sections + s) * nh + h) * dh, ((b * nh + h) * nt + t) * dh);
+}
+
 }  // namespace detail
 
 //! Causal self-attention core of the host backend: per batch b and head h, query t attends keys 0..t,
@@ -54,6 +77,9 @@ AttentionDims attention_dims(const char* op, const Shape& q, const Shape& lse, c
 //! Attention::attention_forward(ctx, q, k, v, out, lse, 1.f / std::sqrt(float(dh)));
 //! Attention::attention_backward(ctx, q, k, v, out, dout, lse, scale, dq, dk, dv);
 //! @endcode
+//! The layout kernels move between the sequence-first activations of a transformer ([T, B, ...]) and the
+//! head-major [B, H, T, Dh] operands: `split_qkv` / `merge_qkv` for the fused q|k|v projection, `merge_heads` /
+//! `split_heads` for the attention output.
 struct Attention {
   //! Writes out and lse (above). `scale` is typically 1 / sqrt(Dh). `out` must not alias q, k or v.
   template <FloatElement T>
@@ -133,6 +159,53 @@ struct Attention {
         dv.data()[static_cast<std::size_t>(base) + i] = T(dvf[i]);
       }
     }
+  }
+
+  //! Splits the fused projection qkv [T, B, 3 * H * Dh] (per token: q of every head | k | v, each head-major)
+  //! into q, k, v [B, H, T, Dh]: q[b, h, t, i] = qkv[t, b, h * Dh + i], k from offset H * Dh, v from 2 * H * Dh.
+  //! H and Dh are q's. Outputs must not alias qkv.
+  template <FloatElement T>
+  static void split_qkv(const Context&, detail::In<T> qkv, View<T, Memory> q, detail::Out<T> k, detail::Out<T> v) {
+    detail::expect_head_layout("split_qkv", "qkv", qkv.shape(), 3, "q", q.shape(), std::pair{"k", k.shape()},
+                               std::pair{"v", v.shape()});
+    T* const out[] = {q.data(), k.data(), v.data()};
+    const std::int64_t dh = q.shape()[3];
+    detail::for_each_head_row(q.shape(), 3, [&](std::int64_t s, std::int64_t packed, std::int64_t head) {
+      std::copy_n(qkv.data() + packed, dh, out[s] + head);
+    });
+  }
+
+  //! The inverse of `split_qkv`: gathers dq, dk, dv [B, H, T, Dh] into dqkv [T, B, 3 * H * Dh] (overwritten).
+  template <FloatElement T>
+  static void merge_qkv(const Context&, detail::In<T> dq, detail::In<T> dk, detail::In<T> dv, View<T, Memory> dqkv) {
+    detail::expect_head_layout("merge_qkv", "dqkv", dqkv.shape(), 3, "dq", dq.shape(), std::pair{"dk", dk.shape()},
+                               std::pair{"dv", dv.shape()});
+    const T* const in[] = {dq.data(), dk.data(), dv.data()};
+    const std::int64_t dh = dq.shape()[3];
+    detail::for_each_head_row(dq.shape(), 3, [&](std::int64_t s, std::int64_t packed, std::int64_t head) {
+      std::copy_n(in[s] + head, dh, dqkv.data() + packed);
+    });
+  }
+
+  //! Joins the heads of o [B, H, T, Dh] into out [T, B, H * Dh]: out[t, b, h * Dh + i] = o[b, h, t, i].
+  //! `out` must not alias `o`.
+  template <FloatElement T>
+  static void merge_heads(const Context&, detail::In<T> o, View<T, Memory> out) {
+    detail::expect_head_layout("merge_heads", "out", out.shape(), 1, "o", o.shape());
+    const std::int64_t dh = o.shape()[3];
+    detail::for_each_head_row(o.shape(), 1, [&](std::int64_t, std::int64_t packed, std::int64_t head) {
+      std::copy_n(o.data() + head, dh, out.data() + packed);
+    });
+  }
+
+  //! The inverse of `merge_heads`: dout [T, B, H * Dh] to d_o [B, H, T, Dh]. `d_o` must not alias `dout`.
+  template <FloatElement T>
+  static void split_heads(const Context&, detail::In<T> dout, View<T, Memory> d_o) {
+    detail::expect_head_layout("split_heads", "dout", dout.shape(), 1, "d_o", d_o.shape());
+    const std::int64_t dh = d_o.shape()[3];
+    detail::for_each_head_row(d_o.shape(), 1, [&](std::int64_t, std::int64_t packed, std::int64_t head) {
+      std::copy_n(dout.data() + packed, dh, d_o.data() + head);
+    });
   }
 };
 
