@@ -53,6 +53,8 @@ class CausalAttention {
   }
 
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
+
+  [[nodiscard]] Rank<B>& rank() const noexcept { return *rank_; }
   //! Local heads and features per head.
   [[nodiscard]] std::int64_t heads() const noexcept { return heads_; }
   [[nodiscard]] std::int64_t head_dim() const noexcept { return head_dim_; }

@@ -21,7 +21,7 @@ namespace parallax::nn {
 //!
 //! Enabling or disabling applies to forwards run afterwards: each context remembers how its forward ran.
 //!
-//! @tparam M an `nn::Layer` with a `rank()` accessor, built in place from the constructor's arguments.
+//! @tparam M an `nn::Layer`, built in place from the constructor's arguments.
 //! @code
 //! // LN, Fc, Act as in nn::Residual's example; the arguments build the Residual, whose arguments build the Sequential
 //! nn::Checkpoint<nn::Residual<nn::Sequential<LN, Fc, Act, Fc>>> mlp("h.0.mlp", LN(rank, 768), Fc(rank, 768, 3072),
@@ -32,10 +32,6 @@ namespace parallax::nn {
 //! @endcode
 template <Layer M>
 class Checkpoint {
-  static_assert(requires(const M& m) {
-    { m.rank() } -> std::same_as<Rank<typename M::backend>&>;
-  }, "Checkpoint<M>: M must have `Rank<backend>& rank() const`, the rank the saved input lives on");
-
  public:
   using backend = typename M::backend;
   using value_type = typename M::value_type;

@@ -50,6 +50,8 @@ class CrossEntropyLoss {
       : rank_(&rank), name_(o.name), ignore_index_(o.ignore_index) {}
 
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
+
+  [[nodiscard]] Rank<B>& rank() const noexcept { return *rank_; }
   [[nodiscard]] std::int32_t ignore_index() const noexcept { return ignore_index_; }
   [[nodiscard]] ParameterList<T, Memory> parameters() { return {}; }
 

@@ -56,6 +56,8 @@ class Embedding {
   }
 
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
+
+  [[nodiscard]] Rank<B>& rank() const noexcept { return *rank_; }
   [[nodiscard]] std::int64_t vocab_size() const noexcept { return token_.shape()[0]; }
   [[nodiscard]] std::int64_t max_seq() const noexcept { return position_.shape()[0]; }
   [[nodiscard]] std::int64_t dim() const noexcept { return token_.shape()[1]; }

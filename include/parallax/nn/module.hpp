@@ -5,6 +5,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -21,7 +22,8 @@ namespace parallax::nn {
 //!   - `Tensor forward(Ctx&, View<const T> x)`: computes y and saves into the context what backward needs;
 //!   - `Tensor backward_input(Ctx&, View<const T> dy)`: returns dx and keeps what `backward_weight` needs;
 //!   - `void backward_weight(Ctx&)`: accumulates (+=) into the parameters' gradients and frees the context;
-//!   - `ParameterList parameters()` in a fixed order, and `name()`.
+//!   - `ParameterList parameters()` in a fixed order, `name()`, and `rank()`: the `Rank<B>` whose context
+//!     and allocator it runs on.
 //! Each microbatch in flight has its own `Ctx` (default-constructible, movable), so a pipeline can run the
 //! forwards of several microbatches before their backwards, and a zero-bubble schedule can defer
 //! `backward_weight`. Saved tensors are counted as activations and are freed when their last use is done.
@@ -34,6 +36,7 @@ concept Module = Backend<typename M::backend> && requires(M& m, typename M::Ctx&
     m.parameters()
   } -> std::same_as<ParameterList<typename M::value_type, typename M::backend::Memory>>;
   { m.name() } -> std::convertible_to<std::string_view>;
+  { std::as_const(m).rank() } -> std::same_as<Rank<typename M::backend>&>;
 };
 
 //! A module whose input and output are activations of its value type (not token ids or a loss).

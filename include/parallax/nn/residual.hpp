@@ -15,7 +15,7 @@ namespace parallax::nn {
 //! must map its input to the same shape. It saves nothing of its own; its context holds the inner one,
 //! and its parameters and name are the inner layer's.
 //!
-//! @tparam M an `nn::Layer` with a `rank()` accessor, built in place from the constructor's arguments.
+//! @tparam M an `nn::Layer`, built in place from the constructor's arguments.
 //! @code
 //! using LN = nn::LayerNorm<host::Backend, float>;  using Fc = nn::Linear<host::Backend, float>;
 //! using Act = nn::GELU<host::Backend, float>;
@@ -26,10 +26,6 @@ namespace parallax::nn {
 //! @endcode
 template <Layer M>
 class Residual {
-  static_assert(requires(const M& m) {
-    { m.rank() } -> std::same_as<Rank<typename M::backend>&>;
-  }, "Residual<M>: M must have `Rank<backend>& rank() const`, the rank its adds run on");
-
  public:
   using backend = typename M::backend;
   using value_type = typename M::value_type;
