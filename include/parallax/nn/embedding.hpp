@@ -76,9 +76,11 @@ class Embedding {
     const Shape rows{s.numel(), dim()};
     auto& c = rank_->context();
     auto y = activation<B, T>(*rank_, Shape{s[0], s[1], dim()});
-    B::embedding_forward(c, ids.flatten(), ViewOf<B, const T>(token_.value()), y.view().reshape(rows));
+    B::embedding_forward(c, ids.flatten(), ViewOf<B, const T>(token_.acquire_value()), y.view().reshape(rows));
+    token_.release_value();
     TensorOf<B, T> pos(rank_->allocator(), rows, MemoryCategory::workspace);
-    B::embedding_forward(c, position_ids(s).cview(), ViewOf<B, const T>(position_.value()), pos.view());
+    B::embedding_forward(c, position_ids(s).cview(), ViewOf<B, const T>(position_.acquire_value()), pos.view());
+    position_.release_value();
     B::axpby(c, 1.f, pos.cview(), 1.f, y.view().reshape(rows));
     ctx.ids = save<B, std::int32_t>(*rank_, ids);
     return y;
@@ -101,8 +103,10 @@ class Embedding {
     auto& c = rank_->context();
     const Shape& s = ctx.ids.shape();
     const auto dy = ctx.dy.cview().reshape(Shape{s.numel(), dim()});
-    B::embedding_backward(c, ctx.ids.cview().flatten(), dy, token_.grad());
-    B::embedding_backward(c, position_ids(s).cview(), dy, position_.grad());
+    B::embedding_backward(c, ctx.ids.cview().flatten(), dy, token_.acquire_grad());
+    token_.release_grad();
+    B::embedding_backward(c, position_ids(s).cview(), dy, position_.acquire_grad());
+    position_.release_grad();
     ctx.ids.reset();
     ctx.dy.reset();
   }

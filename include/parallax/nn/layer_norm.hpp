@@ -71,8 +71,11 @@ class LayerNorm {
     ctx.mean = activation<B, float>(*rank_, Shape{xm.shape()[0]});
     ctx.rstd = activation<B, float>(*rank_, Shape{xm.shape()[0]});
     auto y = activation<B, T>(*rank_, x.shape());
-    B::layernorm_forward(rank_->context(), xm, ViewOf<B, const T>(weight_.value()), ViewOf<B, const T>(bias_.value()),
-                         eps_, as_matrix(y.view()), ctx.mean.view(), ctx.rstd.view());
+    B::layernorm_forward(rank_->context(), xm, ViewOf<B, const T>(weight_.acquire_value()),
+                         ViewOf<B, const T>(bias_.acquire_value()), eps_, as_matrix(y.view()), ctx.mean.view(),
+                         ctx.rstd.view());
+    weight_.release_value();
+    bias_.release_value();
     return y;
   }
 
@@ -85,16 +88,20 @@ class LayerNorm {
     ctx.dy = save<B, T>(*rank_, dy);
     auto dx = activation<B, T>(*rank_, dy.shape());
     B::template layernorm_backward<T, T>(rank_->context(), as_matrix(dy), as_matrix(ctx.x.cview()),
-                                         ViewOf<B, const T>(weight_.value()), ctx.mean.cview(), ctx.rstd.cview(),
-                                         as_matrix(dx.view()), {}, {});
+                                         ViewOf<B, const T>(weight_.acquire_value()), ctx.mean.cview(),
+                                         ctx.rstd.cview(), as_matrix(dx.view()), {}, {});
+    weight_.release_value();
     return dx;
   }
 
   void backward_weight(Ctx& ctx) {
     detail::advance(ctx, Pass::backward_input, Pass::none, label(), "backward_weight", rank_->id());
     B::template layernorm_backward<T, T>(rank_->context(), as_matrix(ctx.dy.cview()), as_matrix(ctx.x.cview()),
-                                         ViewOf<B, const T>(weight_.value()), ctx.mean.cview(), ctx.rstd.cview(), {},
-                                         weight_.grad(), bias_.grad());
+                                         ViewOf<B, const T>(weight_.acquire_value()), ctx.mean.cview(),
+                                         ctx.rstd.cview(), {}, weight_.acquire_grad(), bias_.acquire_grad());
+    weight_.release_value();
+    weight_.release_grad();
+    bias_.release_grad();
     ctx.x.reset();
     ctx.dy.reset();
     ctx.mean.reset();

@@ -84,8 +84,13 @@ class Linear {
     Shape ys = x.shape().with(x.shape().rank() - 1, out_features());
     auto y = activation<B, T>(*rank_, ys);
     auto& c = rank_->context();
-    B::gemm(c, Trans::N, Trans::T, 1.f, as_matrix(x), ViewOf<B, const T>(weight_.value()), 0.f, as_matrix(y.view()));
-    if (bias_) B::add_bias(c, ViewOf<B, const T>(bias_->value()), as_matrix(y.view()));
+    B::gemm(c, Trans::N, Trans::T, 1.f, as_matrix(x), ViewOf<B, const T>(weight_.acquire_value()), 0.f,
+            as_matrix(y.view()));
+    weight_.release_value();
+    if (bias_) {
+      B::add_bias(c, ViewOf<B, const T>(bias_->acquire_value()), as_matrix(y.view()));
+      bias_->release_value();
+    }
     return y;
   }
 
@@ -97,8 +102,9 @@ class Linear {
                   rank_->id());
     ctx.dy = save<B, T>(*rank_, dy);
     auto dx = activation<B, T>(*rank_, ctx.x.shape());
-    B::gemm(rank_->context(), Trans::N, Trans::N, 1.f, as_matrix(dy), ViewOf<B, const T>(weight_.value()), 0.f,
+    B::gemm(rank_->context(), Trans::N, Trans::N, 1.f, as_matrix(dy), ViewOf<B, const T>(weight_.acquire_value()), 0.f,
             as_matrix(dx.view()));
+    weight_.release_value();
     return dx;
   }
 
@@ -106,8 +112,12 @@ class Linear {
     detail::advance(ctx, Pass::backward_input, Pass::none, label(), "backward_weight", rank_->id());
     auto& c = rank_->context();
     const auto dy = as_matrix(ctx.dy.cview());
-    B::gemm(c, Trans::T, Trans::N, 1.f, dy, as_matrix(ctx.x.cview()), 1.f, weight_.grad());
-    if (bias_) B::bias_grad(c, dy, bias_->grad());
+    B::gemm(c, Trans::T, Trans::N, 1.f, dy, as_matrix(ctx.x.cview()), 1.f, weight_.acquire_grad());
+    weight_.release_grad();
+    if (bias_) {
+      B::bias_grad(c, dy, bias_->acquire_grad());
+      bias_->release_grad();
+    }
     ctx.x.reset();
     ctx.dy.reset();
   }

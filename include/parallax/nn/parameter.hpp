@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -15,6 +16,19 @@
 #include "shard_spec.hpp"
 
 namespace parallax::nn {
+
+template <FloatElement T, MemorySpace Space>
+class Parameter;
+
+//! What a data-parallel reducer or a sharded optimizer does around a parameter's uses: modules bracket
+//! every read of the value with `acquire_value` / `release_value` and every accumulation into the
+//! gradient with `acquire_grad` / `release_grad`, which call these (when set). ZeRO-3 gathers the value
+//! in `before_value` and frees it in `after_value`; a gradient bucket counts `after_grad` calls and starts
+//! its reduction once every parameter in it has its final gradient.
+template <FloatElement T, MemorySpace Space>
+struct ParameterHooks {
+  std::function<void(Parameter<T, Space>&)> before_value, after_value, before_grad, after_grad;
+};
 
 //! A trainable parameter: this rank's shard of the value (`parameters` category), its gradient
 //! (`gradients` category, accumulated by `backward_weight`) and its `ShardSpec`.
@@ -47,6 +61,28 @@ class Parameter {
   [[nodiscard]] View<T, Space> value() const noexcept { return value_; }
   [[nodiscard]] View<T, Space> grad() const noexcept { return grad_; }
 
+  //! The value for a read by a module: runs the `before_value` hook first (ZeRO-3 gathers it there).
+  [[nodiscard]] View<T, Space> acquire_value() {
+    if (hooks_.before_value) hooks_.before_value(*this);
+    return value_;
+  }
+  //! Ends a read begun with `acquire_value`.
+  void release_value() {
+    if (hooks_.after_value) hooks_.after_value(*this);
+  }
+  //! The gradient for an accumulation by a module's backward_weight: runs the `before_grad` hook first.
+  [[nodiscard]] View<T, Space> acquire_grad() {
+    if (hooks_.before_grad) hooks_.before_grad(*this);
+    return grad_;
+  }
+  //! Ends an accumulation begun with `acquire_grad`: this microbatch's gradient is in (`after_grad` hook).
+  void release_grad() {
+    if (hooks_.after_grad) hooks_.after_grad(*this);
+  }
+  //! Installs `hooks`, returning the previous ones.
+  ParameterHooks<T, Space> set_hooks(ParameterHooks<T, Space> hooks) { return std::exchange(hooks_, std::move(hooks)); }
+  [[nodiscard]] const ParameterHooks<T, Space>& hooks() const noexcept { return hooks_; }
+
   //! Sets the gradient to zero.
   void zero_grad() const {
     if (!grad_.empty()) Space::zero(grad_.data(), grad_.bytes());
@@ -74,6 +110,7 @@ class Parameter {
   ShardSpec spec_;
   Tensor<T, Space> value_store_, grad_store_;
   View<T, Space> value_, grad_;
+  ParameterHooks<T, Space> hooks_;
 };
 
 //! The parameters of a module, in a fixed order (the same on every rank of a replica group). The pointers

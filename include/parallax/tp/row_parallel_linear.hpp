@@ -96,7 +96,10 @@ class RowParallelLinear {
       mesh_->tp().all_reduce(partial.view());
       y = std::move(partial);
     }
-    if (bias_) B::add_bias(rank_->context(), nn::ViewOf<B, const T>(bias_->value()), nn::as_matrix(y.view()));
+    if (bias_) {
+      B::add_bias(rank_->context(), nn::ViewOf<B, const T>(bias_->acquire_value()), nn::as_matrix(y.view()));
+      bias_->release_value();
+    }
     return y;
   }
 
@@ -115,7 +118,10 @@ class RowParallelLinear {
 
   void backward_weight(Ctx& ctx) {
     nn::detail::advance(ctx, nn::Pass::backward_input, nn::Pass::none, label(), "backward_weight", rank_->id());
-    if (bias_) B::bias_grad(rank_->context(), nn::as_matrix(ctx.local.dy.cview()), bias_->grad());
+    if (bias_) {
+      B::bias_grad(rank_->context(), nn::as_matrix(ctx.local.dy.cview()), bias_->acquire_grad());
+      bias_->release_grad();
+    }
     local_.backward_weight(ctx.local);
   }
 

@@ -116,24 +116,34 @@ class SequenceParallel {
     }
     const auto params = inner_.parameters();
     // Set the gradients accumulated so far aside (a copy: binding scratch storage with bind_grad would free a
-    // gradient the parameter owns), so the inner module's += leaves only this microbatch's contribution.
+    // gradient the parameter owns), so the inner module's += leaves only this microbatch's contribution. The
+    // parameters' gradient hooks are detached meanwhile: the gradient is final only after the sum over TP below.
     std::vector<nn::TensorOf<backend, value_type>> kept;
+    std::vector<nn::ParameterHooks<value_type, Memory>> hooks;
     kept.reserve(params.size());
     for (auto* p : params) {
       kept.emplace_back(rank_->allocator(), p->shape(), MemoryCategory::workspace);
-      copy(kept.back().view(), nn::ViewOf<backend, const value_type>(p->grad()));
+      copy(kept.back().view(), nn::ViewOf<backend, const value_type>(p->acquire_grad()));
       p->zero_grad();
+      auto value_only = p->hooks();
+      value_only.before_grad = value_only.after_grad = nullptr;
+      hooks.push_back(p->set_hooks(std::move(value_only)));
     }
     try {
       inner_.backward_weight(ctx);
     } catch (...) {
-      for (std::size_t i = 0; i < params.size(); ++i) copy(params[i]->grad(), kept[i].cview());
+      for (std::size_t i = 0; i < params.size(); ++i) {
+        copy(params[i]->grad(), kept[i].cview());
+        params[i]->set_hooks(std::move(hooks[i]));
+      }
       throw;
     }
     auto& c = rank_->context();
     for (std::size_t i = 0; i < params.size(); ++i) {
       mesh_->tp().all_reduce(params[i]->grad());
       backend::axpby(c, 1.f, kept[i].cview(), 1.f, params[i]->grad());
+      params[i]->set_hooks(std::move(hooks[i]));
+      params[i]->release_grad();
     }
   }
 

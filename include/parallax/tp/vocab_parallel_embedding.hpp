@@ -105,8 +105,9 @@ class VocabParallelEmbedding {
     const Shape ys = output_shape(ids.shape());
     auto& c = rank_->context();
     auto partial = nn::activation<B, T>(*rank_, Shape{ids.shape()[0], ids.shape()[1], dim()});
-    B::embedding_forward(c, ids.flatten(), nn::ViewOf<B, const T>(token_.value()), nn::as_matrix(partial.view()),
+    B::embedding_forward(c, ids.flatten(), nn::ViewOf<B, const T>(token_.acquire_value()), nn::as_matrix(partial.view()),
                          vocab_begin(), vocab());
+    token_.release_value();
     nn::TensorOf<B, T> y;
     if (sequence_parallel_) {
       y = reduce_scatter_sequence<B>(*mesh_, partial.cview());
@@ -118,7 +119,9 @@ class VocabParallelEmbedding {
     const std::int64_t first = sequence_parallel_ ? mesh_->tp_rank() * ys[0] : 0;
     auto positions = position_ids(first, ys[0], ys[1]);
     auto pos = nn::activation<B, T>(*rank_, ys);
-    B::embedding_forward(c, positions.cview(), nn::ViewOf<B, const T>(position_.value()), nn::as_matrix(pos.view()));
+    B::embedding_forward(c, positions.cview(), nn::ViewOf<B, const T>(position_.acquire_value()),
+                         nn::as_matrix(pos.view()));
+    position_.release_value();
     B::axpby(c, 1.f, pos.cview(), 1.f, y.view());
     ctx.ids = nn::save<B, std::int32_t>(*rank_, ids);
     return y;
@@ -140,10 +143,12 @@ class VocabParallelEmbedding {
     const std::int64_t seq = ctx.ids.shape()[0], batch = ctx.ids.shape()[1];
     if (sequence_parallel_) ctx.dy = gather_sequence<B>(*mesh_, ctx.dy.cview());
     const auto dy = nn::as_matrix(ctx.dy.cview());
-    B::embedding_backward(c, ctx.ids.cview().flatten(), dy, token_.grad(), vocab_begin());
+    B::embedding_backward(c, ctx.ids.cview().flatten(), dy, token_.acquire_grad(), vocab_begin());
+    token_.release_grad();
     ctx.ids.reset();
     auto positions = position_ids(0, seq, batch);
-    B::embedding_backward(c, positions.cview(), dy, position_.grad());
+    B::embedding_backward(c, positions.cview(), dy, position_.acquire_grad());
+    position_.release_grad();
     ctx.dy.reset();
   }
 
