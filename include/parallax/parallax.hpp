@@ -34,7 +34,35 @@
 #include "comm/transport.hpp"
 #include "comm/work.hpp"
 
+#include "mesh/axis.hpp"
 #include "mesh/device_mesh.hpp"
+
+#include "nn/causal_attention.hpp"
+#include "nn/checkpoint.hpp"
+#include "nn/cross_entropy.hpp"
+#include "nn/embedding.hpp"
+#include "nn/gelu.hpp"
+#include "nn/layer_norm.hpp"
+#include "nn/linear.hpp"
+#include "nn/loss_value.hpp"
+#include "nn/module.hpp"
+#include "nn/parameter.hpp"
+#include "nn/residual.hpp"
+#include "nn/sequential.hpp"
+#include "nn/shard_spec.hpp"
+
+#include "tp/column_parallel_linear.hpp"
+#include "tp/divisible.hpp"
+#include "tp/gather.hpp"
+#include "tp/parallel_attention.hpp"
+#include "tp/parallel_mlp.hpp"
+#include "tp/row_parallel_linear.hpp"
+#include "tp/sequence_parallel.hpp"
+#include "tp/transformer_block.hpp"
+#include "tp/vocab_parallel_cross_entropy.hpp"
+#include "tp/vocab_parallel_embedding.hpp"
+
+#include "checkpoint/safetensors.hpp"
 
 #if defined(__CUDACC__)
 #include "backend/cuda/backend.hpp"

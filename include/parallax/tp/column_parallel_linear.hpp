@@ -179,3 +179,7 @@ class ColumnParallelLinear {
 };
 
 }  // namespace parallax::tp
+
+namespace parallax {
+using tp::ColumnParallelLinear;  // the name users write: parallax::ColumnParallelLinear
+}  // namespace parallax

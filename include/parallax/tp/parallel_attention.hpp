@@ -93,3 +93,7 @@ class ParallelAttention
 };
 
 }  // namespace parallax::tp
+
+namespace parallax {
+using tp::ParallelAttention;  // the name users write: parallax::ParallelAttention
+}  // namespace parallax

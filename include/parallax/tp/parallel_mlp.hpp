@@ -50,3 +50,7 @@ class ParallelMLP
 };
 
 }  // namespace parallax::tp
+
+namespace parallax {
+using tp::ParallelMLP;  // the name users write: parallax::ParallelMLP
+}  // namespace parallax

@@ -145,3 +145,7 @@ class RowParallelLinear {
 };
 
 }  // namespace parallax::tp
+
+namespace parallax {
+using tp::RowParallelLinear;  // the name users write: parallax::RowParallelLinear
+}  // namespace parallax

@@ -105,3 +105,7 @@ class TransformerBlock : public nn::Checkpoint<typename detail::BlockTypes<Mesh,
 };
 
 }  // namespace parallax::tp
+
+namespace parallax {
+using tp::TransformerBlock;  // the name users write: parallax::TransformerBlock
+}  // namespace parallax

@@ -166,3 +166,7 @@ class VocabParallelCrossEntropy {
 };
 
 }  // namespace parallax::tp
+
+namespace parallax {
+using tp::VocabParallelCrossEntropy;  // the name users write: parallax::VocabParallelCrossEntropy
+}  // namespace parallax

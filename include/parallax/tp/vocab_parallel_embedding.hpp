@@ -199,3 +199,7 @@ class VocabParallelEmbedding {
 };
 
 }  // namespace parallax::tp
+
+namespace parallax {
+using tp::VocabParallelEmbedding;  // the name users write: parallax::VocabParallelEmbedding
+}  // namespace parallax
