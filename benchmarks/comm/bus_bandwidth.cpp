@@ -15,6 +15,8 @@
 #include <parallax/backend/host/backend.hpp>
 #include <parallax/comm/launch.hpp>
 
+#include "../support/cli.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -54,57 +56,37 @@ struct Row {
   double time_us, algbw, busbw, ratio;
 };
 
-[[noreturn]] void usage(const std::string& why) {
-  std::fprintf(stderr,
-               "bus_bandwidth: %s\nusage: bus_bandwidth [--ranks 2,4,8] [--min-bytes N] [--max-bytes N] "
-               "[--ops all_reduce,reduce_scatter,all_gather] [--json FILE]\n",
-               why.c_str());
-  std::exit(2);
-}
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
-std::int64_t parse_int(const std::string& flag, const std::string& s) {
-  char* end = nullptr;
-  const long long v = std::strtoll(s.c_str(), &end, 10);
-  if (end == s.c_str() || *end != '\0' || v <= 0) usage(fmt::format("{} {}: expected a positive integer", flag, s));
-  return v;
-}
+const parallax::bench::Cli cli("bus_bandwidth",
+                               "[--ranks 2,4,8] [--min-bytes N] [--max-bytes N] "
+                               "[--ops all_reduce,reduce_scatter,all_gather] [--json FILE]");
 
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
-      if (i + 1 >= argc) usage(fmt::format("{} needs a value", a));
+      if (i + 1 >= argc) cli.usage(fmt::format("{} needs a value", a));
       return argv[++i];
     };
     if (a == "--ranks") {
-      o.ranks.clear();
-      for (const auto& r : split_list(next())) o.ranks.push_back(static_cast<int>(parse_int(a, r)));
+      o.ranks = cli.positives(a, next());
     } else if (a == "--ops") {
-      o.ops = split_list(next());
+      o.ops = parallax::bench::Cli::split(next());
       for (const auto& op : o.ops)
-        if (op != "all_reduce" && op != "reduce_scatter" && op != "all_gather") usage(fmt::format("unknown op {}", op));
+        if (op != "all_reduce" && op != "reduce_scatter" && op != "all_gather") cli.usage(fmt::format("unknown op {}", op));
     } else if (a == "--min-bytes") {
-      o.min_bytes = parse_int(a, next());
+      o.min_bytes = cli.positive(a, next());
     } else if (a == "--max-bytes") {
-      o.max_bytes = parse_int(a, next());
+      o.max_bytes = cli.positive(a, next());
     } else if (a == "--json") {
       o.json = next();
     } else if (a == "--help" || a == "-h") {
-      usage("help");
+      cli.usage("help");
     } else {
-      usage(fmt::format("unknown argument {}", a));
+      cli.usage(fmt::format("unknown argument {}", a));
     }
   }
-  if (o.ranks.empty() || o.ops.empty()) usage("empty --ranks or --ops");
+  if (o.ranks.empty() || o.ops.empty()) cli.usage("empty --ranks or --ops");
   return o;
 }
 
@@ -218,7 +200,7 @@ int main(int argc, char** argv) {
   const Options o = parse(argc, argv);
   std::vector<std::int64_t> sizes;
   for (std::int64_t b = o.min_bytes; b <= o.max_bytes; b *= 4) sizes.push_back(b);
-  if (sizes.empty()) usage("--min-bytes is larger than --max-bytes");
+  if (sizes.empty()) cli.usage("--min-bytes is larger than --max-bytes");
 
   const unsigned cores = std::thread::hardware_concurrency();
   const double memcpy = memcpy_gbps(std::size_t{256} << 20);
