@@ -10,13 +10,15 @@
 #include "gemm.hpp"
 #include "layernorm.hpp"
 #include "memory.hpp"
+#include "optimizer.hpp"
 
 namespace parallax::host {
 
 //! The CPU backend: ranks are threads, memory is host memory, GEMM is CBLAS or a portable loop, and the
-//! transformer kernels (layernorm, GELU, attention, cross-entropy, embedding) are fp32-math loops.
+//! transformer kernels (layernorm, GELU, attention, cross-entropy, embedding) and the optimizer updates (SGD,
+//! Adam) are fp32-math loops.
 //! Models `parallax::Backend`.
-struct Backend : Gemm, Elementwise, LayerNorm, Activation, Attention, CrossEntropy, Embedding {
+struct Backend : Gemm, Elementwise, LayerNorm, Activation, Attention, CrossEntropy, Embedding, Optimizer {
   static constexpr const char* name = "host";
   using Memory = host::Memory;
   using Context = host::Context;
