@@ -15,7 +15,10 @@
 #include "../../error.hpp"
 #include "check.hpp"
 #include "context.hpp"
+#include "detail/block_reduce.cuh"
+#include "detail/column_sum.cuh"
 #include "detail/grid.cuh"
+#include "detail/kernel_args.hpp"
 #include "memory.hpp"
 
 namespace parallax::cuda {
@@ -72,6 +75,20 @@ __global__ void axpby_kernel(float a, const S* x, float b, T* y, std::int64_t n)
   }
 }
 
+//! y[i] += b[i % d] over the n elements of y [n / d, d].
+template <class T>
+__global__ void add_bias_kernel(const T* b, T* y, std::int64_t n, std::int64_t d) {
+  for (std::int64_t i = grid_index(); i < n; i += grid_stride()) y[i] = T(float(y[i]) + float(b[i % d]));
+}
+
+//! The term of a bias gradient: dy[r, c].
+template <class T>
+struct BiasGradTerm {
+  const T* dy;
+  std::int64_t d;
+  __device__ void operator()(std::int64_t r, std::int64_t c, float* acc) const { acc[0] += float(dy[r * d + c]); }
+};
+
 //! What a reduction adds up per element.
 struct SumTerm {
   template <class T>
@@ -91,21 +108,6 @@ struct NonfiniteTerm {
   }
 };
 
-//! Sum over the block in a fixed tree order (warp shuffles, then the warp totals); thread 0 gets it.
-template <class Acc>
-__device__ Acc block_sum(Acc v) {
-  __shared__ Acc warp_totals[reduce_threads / 32];
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) warp_totals[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < reduce_threads / 32 ? warp_totals[lane] : Acc{0};
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
-  }
-  return v;
-}
-
 //! Pass 1: block b writes the sum of `term` over its grid-stride share of x to partial[b].
 template <class Acc, class T, class Term>
 __global__ void __launch_bounds__(reduce_threads)
@@ -113,7 +115,7 @@ __global__ void __launch_bounds__(reduce_threads)
   Acc acc{0};
   for (std::int64_t i = grid_index(); i < n; i += grid_stride())
     acc += term(x[i]);
-  acc = block_sum(acc);
+  acc = block_all_reduce<reduce_threads>(acc, SumOp{});
   if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
@@ -122,7 +124,7 @@ template <class Acc>
 __global__ void __launch_bounds__(reduce_threads) reduce_final_kernel(const Acc* partial, int count, Acc* out) {
   Acc acc{0};
   for (int i = threadIdx.x; i < count; i += blockDim.x) acc += partial[i];
-  acc = block_sum(acc);
+  acc = block_all_reduce<reduce_threads>(acc, SumOp{});
   if (threadIdx.x == 0) *out = acc;
 }
 
@@ -182,6 +184,27 @@ struct Elementwise {
     const unsigned blocks = detail::elementwise_blocks(ctx, x.numel());
     detail::axpby_kernel<<<blocks, detail::elementwise_threads, 0, ctx.stream()>>>(a, x.data(), b, y.data(), x.numel());
     check_launch("cuda::Elementwise::axpby");
+  }
+  //! y[n, :] += b for every row n of y [N, D]; b is [D].
+  template <FloatElement T>
+  static void add_bias(const Context& ctx, detail::In<T> b, View<T, Memory> y) {
+    detail::expect_rank("add_bias", "y", y.shape(), 2, "[N, D]");
+    const std::int64_t d = y.shape()[1];
+    detail::expect_shape("add_bias", "b", b.shape(), Shape{d});
+    if (y.empty()) return;
+    const unsigned blocks = detail::elementwise_blocks(ctx, y.numel());
+    detail::add_bias_kernel<<<blocks, detail::elementwise_threads, 0, ctx.stream()>>>(b.data(), y.data(), y.numel(), d);
+    check_launch("cuda::Elementwise::add_bias");
+  }
+  //! db[j] += sum_n dy[n, j] for dy [N, D] (the bias gradient). Column sums are formed in fp32 (per-block
+  //! partial sums, then a second kernel: an order fixed by N, no atomics) and added once; db has dy's type or fp32.
+  template <FloatElement T, FloatElement G>
+  static void bias_grad(const Context& ctx, View<const T, Memory> dy, View<G, Memory> db) {
+    detail::expect_rank("bias_grad", "dy", dy.shape(), 2, "[N, D]");
+    const std::int64_t n = dy.shape()[0], d = dy.shape()[1];
+    detail::expect_shape("bias_grad", "db", db.shape(), Shape{d});
+    detail::column_sums<1>(ctx, detail::BiasGradTerm<T>{dy.data(), d}, n, d, detail::ColumnOutputs<G, 1>{{db.data()}},
+                           "cuda::Elementwise::bias_grad");
   }
   //! Sum of all elements.
   template <FloatElement T>

@@ -1,0 +1,177 @@
+// parallax/backend/cuda/embedding.cuh — embedding lookup and its deterministic gradient on the GPU, whole table or
+// a vocabulary shard (nvcc).
+#pragma once
+
+#include <algorithm>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+
+#include <cub/device/device_radix_sort.cuh>
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include "../../core/dtype.hpp"
+#include "../../core/view.hpp"
+#include "../../error.hpp"
+#include "check.hpp"
+#include "context.hpp"
+#include "detail/grid.cuh"
+#include "detail/kernel_args.hpp"
+#include "detail/scratch.hpp"
+#include "detail/status.cuh"
+#include "elementwise.cuh"
+#include "memory.hpp"
+
+namespace parallax::cuda {
+
+namespace detail {
+
+inline constexpr int embedding_warps = 8;      // forward: one warp per looked-up row
+inline constexpr int embedding_threads = 128;  // backward: one block per table row, threads over its columns
+
+//! out[i, :] = table[ids[i] - vocab_begin, :] when that row is in the shard, else 0; ids outside
+//! [0, vocab_size) are reported (the smallest position wins).
+template <class T>
+__global__ void __launch_bounds__(embedding_warps * 32)
+    embedding_forward_kernel(const std::int32_t* ids, const T* table, T* out, std::int64_t n, std::int64_t v,
+                             std::int64_t d, std::int64_t vocab_begin, std::int64_t vocab_size,
+                             KernelStatus* status) {
+  const std::int64_t i = std::int64_t{blockIdx.x} * embedding_warps + threadIdx.x / 32;
+  if (i >= n) return;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const std::int32_t id = ids[i];
+  if (lane == 0 && (id < 0 || id >= vocab_size)) report_bad(status, i);
+  const std::int64_t row = id - vocab_begin;
+  T* o = out + i * d;
+  if (row >= 0 && row < v) {
+    for (std::int64_t j = lane; j < d; j += 32) o[j] = table[row * d + j];
+  } else {
+    for (std::int64_t j = lane; j < d; j += 32) o[j] = T(0.f);
+  }
+}
+
+//! The sort keys of the backward: the shard row of each position, or `skip` (past every row) for ids outside
+//! the shard; and the positions 0..n-1.
+template <class Index>
+__global__ void embedding_keys_kernel(const Index* ids, std::int64_t n, std::int64_t v, std::int64_t vocab_begin,
+                                      std::uint32_t skip, std::uint32_t* keys, Index* positions) {
+  for (std::int64_t i = grid_index(); i < n; i += grid_stride()) {
+    const std::int64_t row = ids[i] - vocab_begin;
+    keys[i] = row >= 0 && row < v ? static_cast<std::uint32_t>(row) : skip;
+    positions[i] = static_cast<Index>(i);
+  }
+}
+
+//! After the stable sort by row: the block at the first entry of each row's run adds that run's dout rows, in
+//! position order, in fp32, and adds the sum to the row of dtable once.
+template <class T, class G>
+__global__ void __launch_bounds__(embedding_threads)
+    embedding_backward_kernel(const std::uint32_t* keys, const std::int32_t* positions, const T* dout, G* dtable,
+                              std::int64_t n, std::int64_t d, std::uint32_t skip) {
+  for (std::int64_t s = blockIdx.x; s < n; s += gridDim.x) {
+    const std::uint32_t row = keys[s];
+    if (row == skip || (s > 0 && keys[s - 1] == row)) continue;
+    for (std::int64_t c = threadIdx.x; c < d; c += embedding_threads) {
+      float acc = 0.f;
+      for (std::int64_t e = s; e < n && keys[e] == row; ++e) acc += float(dout[std::int64_t{positions[e]} * d + c]);
+      G* g = dtable + std::int64_t{row} * d + c;
+      *g = G(float(*g) + acc);
+    }
+  }
+}
+
+}  // namespace detail
+
+//! Embedding kernels of the CUDA backend: row lookup in table[V, D] by int32 ids[N] (token ids, or positions
+//! 0..T-1 for a position embedding). A vocabulary shard holds the rows [vocab_begin, vocab_begin + V) of a
+//! table of vocab_size rows; ids are always global. Same functions, arguments, checks and errors as
+//! `host::Embedding`; queued on the context's compute stream.
+//!
+//! The forward validates the ids on the device and waits for the compute stream to read the verdict back.
+//! The backward is deterministic without atomics: (row, position) pairs are sorted on the device (CUB's stable
+//! radix sort, in stream-ordered scratch memory), then each row's run of positions is summed in position order,
+//! as the host does, and added to its row once.
+//! @code
+//! Embedding::embedding_forward(ctx, ids, table, out);                          // whole table
+//! Embedding::embedding_forward(ctx, ids, shard, out, vocab_begin, vocab_size); // shard: other rows give 0
+//! Embedding::embedding_backward(ctx, ids, dout, dshard, vocab_begin);           // dshard += scatter(dout)
+//! @endcode
+struct Embedding {
+  //! out[n, :] = table[ids[n], :]. Throws if an id lies outside [0, V), naming the id and its position.
+  template <FloatElement T>
+  static void embedding_forward(const Context& ctx, View<const std::int32_t, Memory> ids, detail::In<T> table,
+                                View<T, Memory> out) {
+    detail::expect_rank("embedding_forward", "table", table.shape(), 2, "[V, D]");
+    embedding_forward(ctx, ids, table, out, 0, table.shape()[0]);
+  }
+
+  //! Vocabulary shard: out[n, :] = table[ids[n] - vocab_begin, :] when ids[n] lies in [vocab_begin, vocab_begin + V),
+  //! else 0. Throws if an id lies outside [0, vocab_size) (so every rank of a vocab-parallel group throws alike),
+  //! after waiting for the compute stream; `out` may have been written then.
+  template <FloatElement T>
+  static void embedding_forward(const Context& ctx, View<const std::int32_t, Memory> ids, detail::In<T> table,
+                                View<T, Memory> out, std::int64_t vocab_begin, std::int64_t vocab_size) {
+    constexpr const char* op = "embedding_forward";
+    detail::expect_rank(op, "ids", ids.shape(), 1, "[N]");
+    detail::expect_rank(op, "table", table.shape(), 2, "[V, D]");
+    const std::int64_t n = ids.shape()[0], v = table.shape()[0], d = table.shape()[1];
+    detail::expect_shape(op, "out", out.shape(), Shape{n, d});
+    if (vocab_begin < 0 || vocab_begin + v > vocab_size)
+      throw Error(fmt::format("{}: table rows [{}, {}) do not fit a vocabulary of {}", op, vocab_begin, vocab_begin + v,
+                              vocab_size));
+    if (n == 0) return;
+    detail::KernelStatus* status = detail::reset_status(ctx, op);
+    detail::embedding_forward_kernel<<<static_cast<unsigned>((n + detail::embedding_warps - 1) /
+                                                             detail::embedding_warps),
+                                       detail::embedding_warps * 32, 0, ctx.stream()>>>(
+        ids.data(), table.data(), out.data(), n, v, d, vocab_begin, vocab_size, status);
+    check_launch("cuda::Embedding::embedding_forward");
+    const detail::KernelStatus s = detail::read_status(ctx, status, op);
+    if (s.ok()) return;
+    std::int32_t id = 0;
+    Memory::download(&id, ids.data() + s.first_bad, sizeof id);
+    throw Error(fmt::format("{}: id {} at position {} is outside [0, {})", op, id, s.first_bad, vocab_size));
+  }
+
+  //! dtable[ids[n] - vocab_begin, :] += dout[n, :] for ids in [vocab_begin, vocab_begin + V); other ids are skipped.
+  //! Repeated ids are summed in fp32 in position order and added to their row once (deterministic).
+  //! dtable has the table's type or fp32.
+  template <FloatElement T, FloatElement G>
+  static void embedding_backward(const Context& ctx, View<const std::int32_t, Memory> ids, View<const T, Memory> dout,
+                                 View<G, Memory> dtable, std::int64_t vocab_begin = 0) {
+    constexpr const char* op = "embedding_backward";
+    detail::expect_rank(op, "ids", ids.shape(), 1, "[N]");
+    detail::expect_rank(op, "dtable", dtable.shape(), 2, "[V, D]");
+    const std::int64_t n = ids.shape()[0], v = dtable.shape()[0], d = dtable.shape()[1];
+    detail::expect_shape(op, "dout", dout.shape(), Shape{n, d});
+    if (n == 0 || v == 0 || d == 0) return;
+    constexpr const char* what = "cuda::Embedding::embedding_backward";
+    // Rows of a shard hit by int32 ids are < 2^31: `skip` sorts after all of them.
+    const auto skip = static_cast<std::uint32_t>(std::min<std::int64_t>(v, std::int64_t{1} << 31));
+    const auto count = static_cast<std::size_t>(n);
+    detail::Scratch<std::uint32_t> keys(ctx, count, what), sorted_keys(ctx, count, what);
+    detail::Scratch<std::int32_t> positions(ctx, count, what), sorted_positions(ctx, count, what);
+    detail::embedding_keys_kernel<<<detail::elementwise_blocks(ctx, n), detail::elementwise_threads, 0,
+                                    ctx.stream()>>>(ids.data(), n, v, vocab_begin, skip, keys.get(),
+                                                    positions.get());
+    check_launch(what);
+
+    const int end_bit = std::bit_width(skip);
+    std::size_t temp_bytes = 0;
+    check(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys.get(), sorted_keys.get(), positions.get(),
+                                          sorted_positions.get(), n, 0, end_bit, ctx.stream()),
+          "cub::DeviceRadixSort::SortPairs (embedding_backward)");
+    detail::Scratch<unsigned char> temp(ctx, temp_bytes, what);
+    check(cub::DeviceRadixSort::SortPairs(temp.get(), temp_bytes, keys.get(), sorted_keys.get(), positions.get(),
+                                          sorted_positions.get(), n, 0, end_bit, ctx.stream()),
+          "cub::DeviceRadixSort::SortPairs (embedding_backward)");
+
+    const auto blocks = static_cast<unsigned>(std::min<std::int64_t>(n, std::int64_t{ctx.sm_count()} * 16));
+    detail::embedding_backward_kernel<<<blocks, detail::embedding_threads, 0, ctx.stream()>>>(
+        sorted_keys.get(), sorted_positions.get(), dout.data(), dtable.data(), n, d, skip);
+    check_launch(what);
+  }
+};
+
+}  // namespace parallax::cuda
