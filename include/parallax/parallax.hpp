@@ -21,6 +21,7 @@
 
 #include "backend/concept.hpp"
 #include "backend/host/backend.hpp"
+#include "backend/optimizer_args.hpp"
 #include "backend/trans.hpp"
 
 #include "comm/collective.hpp"
@@ -61,6 +62,22 @@
 #include "tp/transformer_block.hpp"
 #include "tp/vocab_parallel_cross_entropy.hpp"
 #include "tp/vocab_parallel_embedding.hpp"
+
+#include "optim/adam.hpp"
+#include "optim/loss_scaler.hpp"
+#include "optim/lr_schedule.hpp"
+#include "optim/rule.hpp"
+#include "optim/sgd.hpp"
+
+#include "pp/action.hpp"
+#include "pp/gpipe.hpp"
+#include "pp/interleaved_1f1b.hpp"
+#include "pp/one_f_one_b.hpp"
+#include "pp/schedule.hpp"
+#include "pp/simulate.hpp"
+#include "pp/timeline.hpp"
+#include "pp/zero_bubble_h1.hpp"
+#include "pp/zero_bubble_v.hpp"
 
 #include "checkpoint/safetensors.hpp"
 

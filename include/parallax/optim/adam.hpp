@@ -91,3 +91,8 @@ struct AdamW : detail::AdamRule<true> {};
 static_assert(Rule<Adam> && Rule<AdamW>);
 
 }  // namespace parallax::optim
+
+namespace parallax {
+using optim::Adam;  // the name users write: parallax::Adam
+using optim::AdamW;  // the name users write: parallax::AdamW
+}  // namespace parallax

@@ -73,3 +73,7 @@ struct SGD {
 static_assert(Rule<SGD>);
 
 }  // namespace parallax::optim
+
+namespace parallax {
+using optim::SGD;  // the name users write: parallax::SGD
+}  // namespace parallax
