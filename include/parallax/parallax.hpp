@@ -63,11 +63,19 @@
 #include "tp/vocab_parallel_cross_entropy.hpp"
 #include "tp/vocab_parallel_embedding.hpp"
 
+#include "dp/flat_layout.hpp"
+#include "dp/flat_parameters.hpp"
+#include "dp/gradient_buckets.hpp"
+
 #include "optim/adam.hpp"
+#include "optim/clip_grad_norm.hpp"
+#include "optim/offload.hpp"
 #include "optim/loss_scaler.hpp"
 #include "optim/lr_schedule.hpp"
 #include "optim/rule.hpp"
 #include "optim/sgd.hpp"
+#include "optim/sharded_optimizer.hpp"
+#include "optim/zero.hpp"
 
 #include "pp/action.hpp"
 #include "pp/gpipe.hpp"

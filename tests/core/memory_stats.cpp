@@ -23,7 +23,8 @@ namespace {
 
 constexpr std::array<MemoryCategory, parallax::memory_category_count> all_categories{
     MemoryCategory::parameters, MemoryCategory::gradients,     MemoryCategory::optimizer,
-    MemoryCategory::activations, MemoryCategory::communication, MemoryCategory::workspace};
+    MemoryCategory::activations, MemoryCategory::communication, MemoryCategory::workspace,
+    MemoryCategory::gathered_parameters};
 
 // Expected figures of every category plus the total.
 struct Expect {

@@ -14,14 +14,23 @@
 namespace parallax {
 
 //! What an allocation is for. Memory formulas (ZeRO, pipeline activations) are asserted per category.
-enum class MemoryCategory : int { parameters, gradients, optimizer, activations, communication, workspace };
+//! `gathered_parameters` are ZeRO-3's transient full copies of sharded parameters, alive around their use.
+enum class MemoryCategory : int {
+  parameters,
+  gradients,
+  optimizer,
+  activations,
+  communication,
+  workspace,
+  gathered_parameters
+};
 
-inline constexpr int memory_category_count = 6;
+inline constexpr int memory_category_count = 7;
 
 //! "parameters", "gradients", ... as used in JSON reports.
 [[nodiscard]] constexpr std::string_view name(MemoryCategory c) noexcept {
   constexpr std::array<std::string_view, memory_category_count> names{
-      "parameters", "gradients", "optimizer", "activations", "communication", "workspace"};
+      "parameters", "gradients", "optimizer", "activations", "communication", "workspace", "gathered_parameters"};
   return names[static_cast<std::size_t>(c)];
 }
 
