@@ -87,6 +87,7 @@
 #include "pp/zero_bubble_h1.hpp"
 #include "pp/zero_bubble_v.hpp"
 
+#include "checkpoint/checkpoint.hpp"
 #include "checkpoint/safetensors.hpp"
 
 #if defined(__CUDACC__)
