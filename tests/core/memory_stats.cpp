@@ -168,7 +168,7 @@ TEST_CASE("MemoryStats: concurrent allocations are counted exactly", "[core][mem
   MemoryStats s;
 
   SECTION("pure growth then pure shrink") {
-    // Each thread adds `iterations` allocations of (t+1) bytes to category t % 6, then frees them.
+    // Each thread adds `iterations` allocations of (t+1) bytes to category t % count, then frees them.
     std::size_t expect_total = 0;
     std::array<std::size_t, parallax::memory_category_count> expect{};
     for (int t = 0; t < threads; ++t) {
@@ -179,7 +179,7 @@ TEST_CASE("MemoryStats: concurrent allocations are counted exactly", "[core][mem
       std::vector<std::jthread> pool;
       for (int t = 0; t < threads; ++t)
         pool.emplace_back([&s, t] {
-          for (int i = 0; i < iterations; ++i) s.on_allocate(all_categories[t % 6], static_cast<std::size_t>(t + 1));
+          for (int i = 0; i < iterations; ++i) s.on_allocate(all_categories[t % parallax::memory_category_count], static_cast<std::size_t>(t + 1));
         });
     }
     for (auto c : all_categories) {
@@ -192,7 +192,7 @@ TEST_CASE("MemoryStats: concurrent allocations are counted exactly", "[core][mem
       std::vector<std::jthread> pool;
       for (int t = 0; t < threads; ++t)
         pool.emplace_back([&s, t] {
-          for (int i = 0; i < iterations; ++i) s.on_free(all_categories[t % 6], static_cast<std::size_t>(t + 1));
+          for (int i = 0; i < iterations; ++i) s.on_free(all_categories[t % parallax::memory_category_count], static_cast<std::size_t>(t + 1));
         });
     }
     for (auto c : all_categories) CHECK(s.live(c) == 0);
@@ -210,7 +210,7 @@ TEST_CASE("MemoryStats: concurrent allocations are counted exactly", "[core][mem
       for (int t = 0; t < threads; ++t)
         pool.emplace_back([&s, t] {
           Allocator<parallax::host::Memory> alloc(s, t);
-          const auto c = all_categories[t % 6];
+          const auto c = all_categories[t % parallax::memory_category_count];
           const std::size_t n = 64 * std::size_t(t + 1);
           for (int i = 0; i < iterations / 10; ++i) {
             void* a = alloc.allocate(n, c);
@@ -224,7 +224,7 @@ TEST_CASE("MemoryStats: concurrent allocations are counted exactly", "[core][mem
     CHECK(s.live_total() == 0);
     CHECK(s.peak_total() <= bound);
     CHECK(s.peak_total() >= 2 * 64 * threads);
-    // Per category: threads t and t+6 share category t % 6.
+    // Per category: threads t and t + count share category t % count.
     for (int t = 0; t < parallax::memory_category_count; ++t) {
       std::size_t cat_bound = 0, cat_min = 0;
       for (int u = t; u < threads; u += parallax::memory_category_count) {
