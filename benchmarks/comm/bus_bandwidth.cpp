@@ -16,6 +16,7 @@
 #include <parallax/comm/launch.hpp>
 
 #include "../support/cli.hpp"
+#include "../support/floors.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -91,18 +92,7 @@ Options parse(int argc, char** argv) {
 }
 
 // Single-thread memcpy bandwidth in GB/s (bytes copied per second), best of several on a large buffer.
-double memcpy_gbps(std::size_t bytes) {
-  std::vector<char> src(bytes, 1), dst(bytes, 2);
-  double best = 0;
-  for (int k = 0; k < 6; ++k) {
-    const auto t0 = Clock::now();
-    std::memcpy(dst.data(), src.data(), bytes);
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-    best = std::max(best, static_cast<double>(bytes) / s / 1e9);
-    src[static_cast<std::size_t>(k)] = dst[bytes - 1 - static_cast<std::size_t>(k)];  // keep the copies observable
-  }
-  return best;
-}
+double memcpy_gbps(std::size_t bytes) { return static_cast<double>(bytes) / parallax::bench::memcpy_seconds(bytes) / 1e9; }
 
 double bus_factor(const std::string& op, int n) {
   return op == "all_reduce" ? 2.0 * (n - 1) / n : static_cast<double>(n - 1) / n;

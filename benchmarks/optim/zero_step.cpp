@@ -26,6 +26,7 @@
 #include <parallax/optim/sharded_optimizer.hpp>
 
 #include "../support/cli.hpp"
+#include "../support/floors.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -103,16 +104,7 @@ Options parse(int argc, char** argv) {
 // Copy bandwidth of one thread in GB/s (read + write bytes): memcpy of 64 MiB, best of 5 after one warm-up.
 double copy_bandwidth() {
   const std::size_t n = std::size_t{64} << 20;
-  std::vector<char> a(n, 1), b(n, 2);
-  double best = 0;
-  for (int k = 0; k < 6; ++k) {
-    const auto t0 = Clock::now();
-    std::memcpy(b.data(), a.data(), n);
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-    if (k > 0) best = std::max(best, 2.0 * static_cast<double>(n) / s / 1e9);
-    a[static_cast<std::size_t>(k)] = b[n - 1 - static_cast<std::size_t>(k)];  // keep the copies observable
-  }
-  return best;
+  return 2.0 * static_cast<double>(n) / parallax::bench::memcpy_seconds(n) / 1e9;
 }
 
 double median(std::vector<double> v) {
