@@ -81,9 +81,12 @@
 #include "pp/gpipe.hpp"
 #include "pp/interleaved_1f1b.hpp"
 #include "pp/one_f_one_b.hpp"
+#include "pp/pipeline_stage.hpp"
 #include "pp/schedule.hpp"
 #include "pp/simulate.hpp"
+#include "pp/stage_module.hpp"
 #include "pp/timeline.hpp"
+#include "pp/trace.hpp"
 #include "pp/zero_bubble_h1.hpp"
 #include "pp/zero_bubble_v.hpp"
 

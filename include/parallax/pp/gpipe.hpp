@@ -38,3 +38,7 @@ struct GPipe {
 };
 
 }  // namespace parallax::pp
+
+namespace parallax {
+using pp::GPipe;  // the name users write: parallax::GPipe
+}  // namespace parallax

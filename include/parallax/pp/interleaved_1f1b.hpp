@@ -59,3 +59,7 @@ struct Interleaved1F1B {
 };
 
 }  // namespace parallax::pp
+
+namespace parallax {
+using pp::Interleaved1F1B;  // the name users write: parallax::Interleaved1F1B<2>
+}  // namespace parallax

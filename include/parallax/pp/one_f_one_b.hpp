@@ -59,3 +59,7 @@ struct OneFOneB {
 };
 
 }  // namespace parallax::pp
+
+namespace parallax {
+using pp::OneFOneB;  // the name users write: parallax::OneFOneB
+}  // namespace parallax

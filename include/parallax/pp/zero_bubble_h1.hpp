@@ -55,3 +55,7 @@ struct ZeroBubbleH1 {
 };
 
 }  // namespace parallax::pp
+
+namespace parallax {
+using pp::ZeroBubbleH1;  // the name users write: parallax::ZeroBubbleH1
+}  // namespace parallax

@@ -79,3 +79,7 @@ struct ZeroBubbleV {
 };
 
 }  // namespace parallax::pp
+
+namespace parallax {
+using pp::ZeroBubbleV;  // the name users write: parallax::ZeroBubbleV
+}  // namespace parallax
