@@ -58,7 +58,7 @@ using Backend = px::host::Backend;
 namespace {
 
 constexpr std::string_view program = std::string_view(Backend::name) == "cuda" ? "train_gpt_cuda" : "train_gpt";
-constexpr int addition_digits = 2;           // the built-in task: two-digit additions
+constexpr int addition_digits = 2;  // the built-in task: two-digit additions
 constexpr std::int64_t heldout_problems = 1000;
 constexpr double mib = 1024.0 * 1024.0;
 
@@ -69,9 +69,13 @@ constexpr double mib = 1024.0 * 1024.0;
 struct Options {
   int dp = 1, pp = 1, tp = 1, zero = 0;
   std::string schedule = "1f1b";
-  std::int64_t batch = 128, microbatches = 0;  // 0: 1 without PP, 2 x pp with it
-  gpt::Config model{.vocab = 256, .seq = 0, .layers = 2, .heads = 4, .dim = 128};  // seq 0: from the data
-  int steps = 800, warmup = -1, log_every = 0;  // warmup -1: 30, at most steps / 10; log_every 0: automatic
+  std::int64_t batch = 128;
+  std::int64_t microbatches = 0;  // 0: 1 without PP, 2 x pp with it
+  // seq 0: from the data
+  gpt::Config model{.vocab = 256, .seq = 0, .layers = 2, .heads = 4, .dim = 128};
+  int steps = 800;
+  int warmup = -1;    // -1: 30, at most steps / 10
+  int log_every = 0;  // 0: automatic
   float lr = 3e-3f, weight_decay = 0.1f, clip = 1.0f;
   std::string precision = "fp32", backend = Backend::name;
   std::string data, load, save, json, trace;
@@ -105,18 +109,23 @@ N number(std::string_view flag, const std::string& text) {
 const std::vector<Flag>& flags() {
   static const std::vector<Flag> all{
       {"", "", "Parallelism (the run uses dp x pp x tp ranks)", {}},
-      {"--dp", "N", "data-parallel replicas (default 1)", [](Options& o, const std::string& v) { o.dp = number<int>("--dp", v); }},
-      {"--pp", "N", "pipeline stages (default 1)", [](Options& o, const std::string& v) { o.pp = number<int>("--pp", v); }},
+      {"--dp", "N", "data-parallel replicas (default 1)",
+       [](Options& o, const std::string& v) { o.dp = number<int>("--dp", v); }},
+      {"--pp", "N", "pipeline stages (default 1)",
+       [](Options& o, const std::string& v) { o.pp = number<int>("--pp", v); }},
       {"--tp", "N", "tensor-parallel ranks: heads and vocabulary split over them (default 1)",
        [](Options& o, const std::string& v) { o.tp = number<int>("--tp", v); }},
-      {"--zero", "S", "ZeRO stage 0..3: 0 replicates the AdamW state, 1 shards it over DP, 2 also the gradients, 3 "
-                      "also the parameters (default 0)",
+      {"--zero", "S",
+       "ZeRO stage 0..3: 0 replicates the AdamW state, 1 shards it over DP, 2 also the gradients, 3 "
+       "also the parameters (default 0)",
        [](Options& o, const std::string& v) { o.zero = number<int>("--zero", v); }},
-      {"--schedule", "NAME", "pipeline schedule: gpipe, 1f1b, interleaved (2 chunks per rank) or zb (ZB-H1) "
-                             "(default 1f1b)",
+      {"--schedule", "NAME",
+       "pipeline schedule: gpipe, 1f1b, interleaved (2 chunks per rank) or zb (ZB-H1) "
+       "(default 1f1b)",
        [](Options& o, const std::string& v) { o.schedule = v; }},
-      {"--microbatches", "M", "each DP rank splits its batch / dp sequences into M: the pipeline's microbatches, or "
-                              "gradient accumulation without PP (default 1 without PP, 2 x pp with it)",
+      {"--microbatches", "M",
+       "each DP rank splits its batch / dp sequences into M: the pipeline's microbatches, or "
+       "gradient accumulation without PP (default 1 without PP, 2 x pp with it)",
        [](Options& o, const std::string& v) { o.microbatches = number<std::int64_t>("--microbatches", v); }},
       {"--sequence-parallel", "", "keep LayerNorm and residual activations as sequence shards over TP",
        [](Options& o, const std::string&) { o.model.sequence_parallel = true; }},
@@ -124,55 +133,77 @@ const std::vector<Flag>& flags() {
        [](Options& o, const std::string&) { o.model.checkpoint = true; }},
       {"", "", "Model (GPT-2: pre-LayerNorm blocks, learned positions, tied embedding)", {}},
       {"--layers", "N", "transformer blocks (default 2)",
-       [](Options& o, const std::string& v) { o.model.layers = number<std::int64_t>("--layers", v); o.given.layers = true; }},
+       [](Options& o, const std::string& v) {
+         o.model.layers = number<std::int64_t>("--layers", v);
+         o.given.layers = true;
+       }},
       {"--heads", "N", "attention heads (default 4)",
        [](Options& o, const std::string& v) { o.model.heads = number<std::int64_t>("--heads", v); }},
       {"--dim", "N", "model width (default 128)",
-       [](Options& o, const std::string& v) { o.model.dim = number<std::int64_t>("--dim", v); o.given.dim = true; }},
-      {"--seq", "N", "tokens per sequence, also the learned positions (default 10 for the built-in task, 64 for "
-                     "--data, the file's with --load)",
-       [](Options& o, const std::string& v) { o.model.seq = number<std::int64_t>("--seq", v); o.given.seq = true; }},
+       [](Options& o, const std::string& v) {
+         o.model.dim = number<std::int64_t>("--dim", v);
+         o.given.dim = true;
+       }},
+      {"--seq", "N",
+       "tokens per sequence, also the learned positions (default 10 for the built-in task, 64 for "
+       "--data, the file's with --load)",
+       [](Options& o, const std::string& v) {
+         o.model.seq = number<std::int64_t>("--seq", v);
+         o.given.seq = true;
+       }},
       {"--vocab", "N", "vocabulary size (default 256, bytes; the file's with --load)",
-       [](Options& o, const std::string& v) { o.model.vocab = number<std::int64_t>("--vocab", v); o.given.vocab = true; }},
+       [](Options& o, const std::string& v) {
+         o.model.vocab = number<std::int64_t>("--vocab", v);
+         o.given.vocab = true;
+       }},
       {"--seed", "N", "seed of the initial weights (default 1)",
        [](Options& o, const std::string& v) { o.model.seed = number<std::uint64_t>("--seed", v); }},
       {"", "", "Training", {}},
-      {"--batch", "B", "sequences per optimizer step, over all DP ranks; the loss of a step is the mean over every "
-                       "target token of them (default 128)",
+      {"--batch", "B",
+       "sequences per optimizer step, over all DP ranks; the loss of a step is the mean over every "
+       "target token of them (default 128)",
        [](Options& o, const std::string& v) { o.batch = number<std::int64_t>("--batch", v); }},
-      {"--steps", "N", "optimizer steps (default 800)", [](Options& o, const std::string& v) { o.steps = number<int>("--steps", v); }},
+      {"--steps", "N", "optimizer steps (default 800)",
+       [](Options& o, const std::string& v) { o.steps = number<int>("--steps", v); }},
       {"--lr", "X", "peak learning rate of AdamW: linear warmup, then cosine decay to lr / 10 (default 3e-3)",
        [](Options& o, const std::string& v) { o.lr = number<float>("--lr", v); }},
       {"--warmup", "N", "warmup steps (default 30, at most steps / 10)",
        [](Options& o, const std::string& v) { o.warmup = number<int>("--warmup", v); }},
-      {"--precision", "P", "fp32, or bf16 (bf16 parameters, gradients and activations; fp32 master weights and "
-                           "AdamW state) (default fp32)",
+      {"--precision", "P",
+       "fp32, or bf16 (bf16 parameters, gradients and activations; fp32 master weights and "
+       "AdamW state) (default fp32)",
        [](Options& o, const std::string& v) { o.precision = v; }},
-      {"--backend", "B", "host (CPU threads, this binary: train_gpt) or cuda (GPUs, the CUDA build train_gpt_cuda) "
-                         "(default: the binary's)",
+      {"--backend", "B",
+       "host (CPU threads, this binary: train_gpt) or cuda (GPUs, the CUDA build train_gpt_cuda) "
+       "(default: the binary's)",
        [](Options& o, const std::string& v) { o.backend = v; }},
       {"", "", "Data and weights", {}},
-      {"--data", "FILE", "train on a file instead of the built-in addition task: raw text (byte tokens), or uint16 "
-                         "token ids when it ends in .bin or .u16; n tokens make floor((n - 1) / seq) sequences",
+      {"--data", "FILE",
+       "train on a file instead of the built-in addition task: raw text (byte tokens), or uint16 "
+       "token ids when it ends in .bin or .u16; n tokens make floor((n - 1) / seq) sequences",
        [](Options& o, const std::string& v) { o.data = v; }},
-      {"--load", "FILE", "start from GPT-2 weights in a safetensors file (Hugging Face names); it fixes vocab, seq, "
-                         "layers and dim",
+      {"--load", "FILE",
+       "start from GPT-2 weights in a safetensors file (Hugging Face names); it fixes vocab, seq, "
+       "layers and dim",
        [](Options& o, const std::string& v) { o.load = v; }},
       {"--save", "FILE", "write the trained weights there (safetensors, Hugging Face GPT-2 names)",
        [](Options& o, const std::string& v) { o.save = v; }},
-      {"--eval-only", "", "no training: the mean loss over all sequences (the data file's, or the held-out "
-                          "problems) in batches of --batch, and the accuracy",
+      {"--eval-only", "",
+       "no training: the mean loss over all sequences (the data file's, or the held-out "
+       "problems) in batches of --batch, and the accuracy",
        [](Options& o, const std::string&) { o.eval_only = true; }},
       {"", "", "Output", {}},
-      {"--json", "FILE", "write the run's figures as JSON (mesh, per-step loss and speed, eval, peak bytes per rank "
-                         "and category)",
+      {"--json", "FILE",
+       "write the run's figures as JSON (mesh, per-step loss and speed, eval, peak bytes per rank "
+       "and category)",
        [](Options& o, const std::string& v) { o.json = v; }},
       {"--timeline", "", "print the last training step's pipeline timeline (ASCII, one line per pipeline rank)",
        [](Options& o, const std::string&) { o.timeline = true; }},
       {"--trace", "FILE", "write the last training step's pipeline as a Chrome trace (ui.perfetto.dev)",
        [](Options& o, const std::string& v) { o.trace = v; }},
-      {"--log-every", "N", "print every N-th step (default: every step up to 50 steps, else about 25 lines; a "
-                           "progress bar between them on a terminal)",
+      {"--log-every", "N",
+       "print every N-th step (default: every step up to 50 steps, else about 25 lines; a "
+       "progress bar between them on a terminal)",
        [](Options& o, const std::string& v) { o.log_every = number<int>("--log-every", v); }},
       {"--help", "", "this text", {}},
   };
@@ -220,8 +251,8 @@ Options parse(std::span<char*> args) {
   Options o;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string arg = args[i];
-    const auto f = std::find_if(flags().begin(), flags().end(),
-                                [&](const Flag& x) { return !x.name.empty() && x.name == arg; });
+    const auto f =
+        std::find_if(flags().begin(), flags().end(), [&](const Flag& x) { return !x.name.empty() && x.name == arg; });
     if (f == flags().end()) throw px::Error(fmt::format("unknown argument '{}' (see --help)", arg));
     std::string value;
     if (!f->value.empty()) {
@@ -279,10 +310,8 @@ class DynamicMesh {
   [[nodiscard]] px::Communicator& dp_cp() const noexcept { return *dp_cp_; }
   [[nodiscard]] px::Communicator& world() const noexcept { return *world_; }
   template <px::Backend B>
-    requires std::same_as<B, Backend>
-  [[nodiscard]] px::Rank<B>& backend_rank() const noexcept {
-    return *rank_;
-  }
+  requires std::same_as<B, Backend>
+  [[nodiscard]] px::Rank<B>& backend_rank() const noexcept { return *rank_; }
 
  private:
   std::string name_;
@@ -321,9 +350,12 @@ void with_mesh(const px::MeshShape& s, px::Rank<Backend>& rank, F&& f) {
     DynamicMesh view(mesh);
     return f(view);
   }
-  if constexpr (J + 1 < tp_extents.size()) return with_mesh<I, J + 1>(s, rank, std::forward<F>(f));
-  else if constexpr (I + 1 < pp_extents.size()) return with_mesh<I + 1, 0>(s, rank, std::forward<F>(f));
-  else throw px::Error(fmt::format("with_mesh: no mesh type for DP {} x PP {} x TP {}", s.dp, s.pp, s.tp));
+  if constexpr (J + 1 < tp_extents.size())
+    return with_mesh<I, J + 1>(s, rank, std::forward<F>(f));
+  else if constexpr (I + 1 < pp_extents.size())
+    return with_mesh<I + 1, 0>(s, rank, std::forward<F>(f));
+  else
+    throw px::Error(fmt::format("with_mesh: no mesh type for DP {} x PP {} x TP {}", s.dp, s.pp, s.tp));
 }
 
 //! Calls `f.template operator()<T>()` with the storage type of precision `name`.
@@ -350,8 +382,8 @@ class Optimizer {
 template <class Z, class Mesh, class B, class T>
 class ShardedAdamW final : public Optimizer<B, T> {
  public:
-  ShardedAdamW(Mesh& mesh, const px::nn::ParameterList<T, typename B::Memory>& params,
-               px::optim::AdamW::Hyper hyper, px::optim::ShardedOptions options)
+  ShardedAdamW(Mesh& mesh, const px::nn::ParameterList<T, typename B::Memory>& params, px::optim::AdamW::Hyper hyper,
+               px::optim::ShardedOptions options)
       : opt_(mesh, params, hyper, std::move(options)) {}
   px::optim::StepReport step() override { return opt_.step(); }
   std::vector<T> value(const typename Optimizer<B, T>::Parameter& p) override { return opt_.value(p); }
@@ -366,10 +398,14 @@ std::unique_ptr<Optimizer<B, T>> make_optimizer(int zero, Mesh& mesh,
                                                 const px::nn::ParameterList<T, typename B::Memory>& params,
                                                 px::optim::AdamW::Hyper hyper, px::optim::ShardedOptions options) {
   switch (zero) {
-    case 0: return std::make_unique<ShardedAdamW<px::Zero<0>, Mesh, B, T>>(mesh, params, hyper, std::move(options));
-    case 1: return std::make_unique<ShardedAdamW<px::Zero<1>, Mesh, B, T>>(mesh, params, hyper, std::move(options));
-    case 2: return std::make_unique<ShardedAdamW<px::Zero<2>, Mesh, B, T>>(mesh, params, hyper, std::move(options));
-    default: return std::make_unique<ShardedAdamW<px::Zero<3>, Mesh, B, T>>(mesh, params, hyper, std::move(options));
+    case 0:
+      return std::make_unique<ShardedAdamW<px::Zero<0>, Mesh, B, T>>(mesh, params, hyper, std::move(options));
+    case 1:
+      return std::make_unique<ShardedAdamW<px::Zero<1>, Mesh, B, T>>(mesh, params, hyper, std::move(options));
+    case 2:
+      return std::make_unique<ShardedAdamW<px::Zero<2>, Mesh, B, T>>(mesh, params, hyper, std::move(options));
+    default:
+      return std::make_unique<ShardedAdamW<px::Zero<3>, Mesh, B, T>>(mesh, params, hyper, std::move(options));
   }
 }
 
@@ -421,9 +457,10 @@ Plan make_plan(const Options& o) {
   if (o.microbatches < 0) throw px::Error(fmt::format("--microbatches {} is negative", o.microbatches));
   p.microbatches = static_cast<int>(o.microbatches > 0 ? o.microbatches : o.pp > 1 ? 2 * o.pp : 1);
   if (o.batch < 1 || o.batch % (std::int64_t{o.dp} * p.microbatches) != 0)
-    throw px::Error(fmt::format("--batch {} does not split into --dp {} x --microbatches {} = {} equal parts{}", o.batch,
-                                o.dp, p.microbatches, o.dp * p.microbatches,
-                                o.microbatches > 0 || o.pp == 1 ? "" : " (--microbatches is 2 x pp by default; give another)"));
+    throw px::Error(
+        fmt::format("--batch {} does not split into --dp {} x --microbatches {} = {} equal parts{}", o.batch, o.dp,
+                    p.microbatches, o.dp * p.microbatches,
+                    o.microbatches > 0 || o.pp == 1 ? "" : " (--microbatches is 2 x pp by default; give another)"));
   int chunks = 1;  // model chunks per rank
   with_schedule(o.schedule, [&]<class S>() {
     chunks = S::chunks;
@@ -434,8 +471,7 @@ Plan make_plan(const Options& o) {
                                   p.microbatches, e.what()));
     }
   });
-  if (o.eval_only && o.load.empty())
-    throw px::Error("--eval-only evaluates the weights of --load FILE; give one");
+  if (o.eval_only && o.load.empty()) throw px::Error("--eval-only evaluates the weights of --load FILE; give one");
   if (o.eval_only && !o.save.empty()) throw px::Error("--eval-only does not train: there is nothing to --save");
   if (o.eval_only && (o.timeline || !o.trace.empty()))
     throw px::Error("--timeline and --trace show a training step; --eval-only runs none");
@@ -456,7 +492,8 @@ Plan make_plan(const Options& o) {
   if (o.data.empty()) {
     auto task = gpt::addition(c.seq, {.digits = addition_digits, .heldout = heldout_problems, .seed = 1});
     if (c.vocab < 128)
-      throw px::Error(fmt::format("--vocab {}: the built-in task's characters are bytes below 128; use --data", c.vocab));
+      throw px::Error(
+          fmt::format("--vocab {}: the built-in task's characters are bytes below 128; use --data", c.vocab));
     p.train = std::move(task.train);
     p.eval = std::move(task.heldout);
     p.data_name = fmt::format("the addition task: {} training problems", p.train.size());
@@ -467,8 +504,10 @@ Plan make_plan(const Options& o) {
     p.data_name = fmt::format("'{}': {} sequences of {} tokens", o.data, p.train.size(), c.seq);
     p.eval_name = "sequences of the data file";
   }
-  if (o.log_every > 0) p.log_every = o.log_every;
-  else p.log_every = o.steps <= 50 ? 1 : (o.steps + 24) / 25;
+  if (o.log_every > 0)
+    p.log_every = o.log_every;
+  else
+    p.log_every = o.steps <= 50 ? 1 : (o.steps + 24) / 25;
   return p;
 }
 
@@ -500,8 +539,8 @@ struct Report {
   std::vector<CategoryBytes> peak_by_category;      // [rank][category]
   std::vector<std::int64_t> parameters;             // [rank]: parameters of its pipeline stage (TP/DP rank 0 only)
   std::optional<gpt::EvalStats> eval;
-  std::optional<pp::Recording> recording;           // the last training step's pipeline, seen from rank 0
-  std::string mesh_type;                            // "DeviceMesh<2, 2, 2, 1>"
+  std::optional<pp::Recording> recording;  // the last training step's pipeline, seen from rank 0
+  std::string mesh_type;                   // "DeviceMesh<2, 2, 2, 1>"
   double seconds = 0;
 };
 
@@ -568,12 +607,14 @@ void print_header(const Plan& plan, const Report& report, std::int64_t parameter
   const Options& o = plan.options;
   const gpt::Config& c = plan.model;
   fmt::print("{}: GPT-2 {} layers x dim {} x {} heads, vocab {}, seq {}: {:.2f} M parameters{}\n", program, c.layers,
-             c.dim, c.heads, c.vocab, c.seq, double(parameters) / 1e6, o.load.empty() ? "" : fmt::format(" from '{}'", o.load));
-  fmt::print("mesh DP {} x PP {} x TP {} = {} {} rank{} ({}){}{} | ZeRO-{} | {} schedule, {} microbatch{} per DP rank | "
-             "{}\n",
-             o.dp, o.pp, o.tp, plan.ranks(), Backend::name, plan.ranks() == 1 ? "" : "s", report.mesh_type,
-             c.sequence_parallel ? " | sequence parallel" : "", c.checkpoint ? " | recompute" : "", o.zero, o.schedule,
-             plan.microbatches, plan.microbatches == 1 ? "" : "es", o.precision);
+             c.dim, c.heads, c.vocab, c.seq, double(parameters) / 1e6,
+             o.load.empty() ? "" : fmt::format(" from '{}'", o.load));
+  fmt::print(
+      "mesh DP {} x PP {} x TP {} = {} {} rank{} ({}){}{} | ZeRO-{} | {} schedule, {} microbatch{} per DP rank | "
+      "{}\n",
+      o.dp, o.pp, o.tp, plan.ranks(), Backend::name, plan.ranks() == 1 ? "" : "s", report.mesh_type,
+      c.sequence_parallel ? " | sequence parallel" : "", c.checkpoint ? " | recompute" : "", o.zero, o.schedule,
+      plan.microbatches, plan.microbatches == 1 ? "" : "es", o.precision);
   if (!o.eval_only)
     fmt::print("data: {} | batch {} sequences ({} tokens) | {} steps of AdamW, lr {:.1e} (warmup {}, cosine)\n",
                plan.data_name, o.batch, o.batch * c.seq, o.steps, o.lr, plan.warmup);
@@ -703,7 +744,8 @@ void train(Mesh& mesh, const Plan& plan, Report& report) {
   if (!o.load.empty()) px::checkpoint::load(mesh, params, o.load, gpt::hf_names());
   if (mesh.dp_rank() == 0 && mesh.tp_rank() == 0)
     for (const auto* p : params)
-      if (p->name() != gpt::head_weight) report.parameters[static_cast<std::size_t>(rank.id())] += p->spec().global.numel();
+      if (p->name() != gpt::head_weight)
+        report.parameters[static_cast<std::size_t>(rank.id())] += p->spec().global.numel();
 
   const auto barrier = [&] { mesh.world().barrier(); };
   barrier();
@@ -724,10 +766,10 @@ void train(Mesh& mesh, const Plan& plan, Report& report) {
     return;
   }
 
-  const px::optim::WarmupCosine lr{.peak = o.lr, .min = o.lr / 10,
-                                   .warmup_steps = plan.warmup, .total_steps = o.steps};
-  const auto opt = make_optimizer<Mesh, B, T>(o.zero, mesh, params, {.lr = o.lr, .weight_decay = o.weight_decay},
-                                              {.accumulation = plan.microbatches, .clip_norm = o.clip, .lr_schedule = lr});
+  const px::optim::WarmupCosine lr{.peak = o.lr, .min = o.lr / 10, .warmup_steps = plan.warmup, .total_steps = o.steps};
+  const auto opt =
+      make_optimizer<Mesh, B, T>(o.zero, mesh, params, {.lr = o.lr, .weight_decay = o.weight_decay},
+                                 {.accumulation = plan.microbatches, .clip_norm = o.clip, .lr_schedule = lr});
   pipeline->tie();
   struct Untie {
     Pipeline<B, T>& p;
@@ -746,9 +788,12 @@ void train(Mesh& mesh, const Plan& plan, Report& report) {
     barrier();
     if (rank.id() != 0) continue;
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    report.steps.push_back({.loss = r.loss, .ms = 1e3 * seconds,
-                            .tokens_per_s = double(o.batch * plan.model.seq) / seconds, .grad_norm = u.grad_norm,
-                            .lr = u.lr, .skipped = u.skipped});
+    report.steps.push_back({.loss = r.loss,
+                            .ms = 1e3 * seconds,
+                            .tokens_per_s = double(o.batch * plan.model.seq) / seconds,
+                            .grad_norm = u.grad_norm,
+                            .lr = u.lr,
+                            .skipped = u.skipped});
     print_step(plan, report, step, std::chrono::duration<double>(Clock::now() - started).count());
   }
   if (rank.id() == 0 && plan.record()) report.recording = pipeline->recording();
@@ -820,9 +865,10 @@ void print_summary(const Plan& plan, const Report& report) {
   if (report.eval) print_eval(plan, *report.eval);
   fmt::print("peak MiB per rank: {}\n", per_rank_mib(report.peak));
   if (report.recording && o.timeline)
-    fmt::print("\npipeline timeline of step {} (pipeline of rank 0; F forward, B backward, W weight gradients; time "
-               "runs right; bubble {:.2f}):\n{}",
-               o.steps, report.recording->bubble(), pp::timeline(*report.recording));
+    fmt::print(
+        "\npipeline timeline of step {} (pipeline of rank 0; F forward, B backward, W weight gradients; time "
+        "runs right; bubble {:.2f}):\n{}",
+        o.steps, report.recording->bubble(), pp::timeline(*report.recording));
   if (report.recording && !o.trace.empty()) {
     pp::write_chrome_trace(o.trace, *report.recording);
     fmt::print("wrote {} (open it in ui.perfetto.dev)\n", o.trace);
@@ -838,7 +884,9 @@ void print_summary(const Plan& plan, const Report& report) {
 
 int main(int argc, char** argv) {
   const std::span<char*> args(argv + 1, static_cast<std::size_t>(argc - 1));
-  if (std::find_if(args.begin(), args.end(), [](const char* a) { return std::string_view(a) == "--help" || std::string_view(a) == "-h"; }) != args.end()) {
+  if (std::find_if(args.begin(), args.end(), [](const char* a) {
+        return std::string_view(a) == "--help" || std::string_view(a) == "-h";
+      }) != args.end()) {
     fmt::print("{}", help());
     return 0;
   }

@@ -11,7 +11,7 @@
 #             TOLERANCE_PPM parts per million of it, and so do the eval losses.
 #   eval      as run (with JSON), then the eval loss equals EXPECTED_LOSS, or the eval loss of the report
 #             EXPECTED_FROM, within TOLERANCE_PPM.
-#   fail      a non-zero exit before training, with a message on stderr matching EXPECT.
+#   fail      a non-zero exit before any rank starts (nothing on stdout), with one line on stderr matching EXPECT.
 # Before the run, TRUNCATE=<file> writes the first TRUNCATE_BYTES bytes of TRUNCATE_FROM there, and EMPTY=<file>
 # writes an empty file.
 cmake_minimum_required(VERSION 3.21)
@@ -110,8 +110,13 @@ if(MODE STREQUAL "fail")
   if(NOT _err MATCHES "${EXPECT}")
     message(FATAL_ERROR "train_gpt failed (${_rc}) without the message '${EXPECT}'")
   endif()
-  if(_out MATCHES "step ")
-    message(FATAL_ERROR "train_gpt failed only after it started training")
+  if(NOT _out STREQUAL "")
+    message(FATAL_ERROR "train_gpt printed to stdout before failing: its ranks had started")
+  endif()
+  string(REGEX MATCHALL "\n" _lines "${_err}")
+  list(LENGTH _lines _lines)
+  if(NOT _lines EQUAL 1)
+    message(FATAL_ERROR "train_gpt wrote ${_lines} lines to stderr, not one message")
   endif()
   return()
 endif()
@@ -134,7 +139,7 @@ string(JSON _dp GET "${_json}" mesh dp)
 string(JSON _pp GET "${_json}" mesh pp)
 string(JSON _tp GET "${_json}" mesh tp)
 math(EXPR _ranks "${_dp} * ${_pp} * ${_tp}")
-foreach(_key zero schedule precision)
+foreach(_key zero schedule precision)  # present (string(JSON) fails on a missing key)
   string(JSON _value GET "${_json}" ${_key})
 endforeach()
 string(JSON _peaks LENGTH "${_json}" peak_bytes_per_rank)
