@@ -137,7 +137,7 @@ class PipelineStage {
   //! The stage of a schedule with one chunk per rank, running `module`.
   template <class Mesh>
     requires(S::chunks == 1)
-  PipelineStage(Mesh& mesh, M module, const PipelineOptions& o) : PipelineStage(mesh, one(std::move(module)), o) {}
+  PipelineStage(Mesh& mesh, M chunk, const PipelineOptions& o) : PipelineStage(mesh, one(std::move(chunk)), o) {}
 
   //! p, m and v.
   [[nodiscard]] const ScheduleShape& shape() const noexcept { return shape_; }
@@ -248,9 +248,9 @@ class PipelineStage {
     std::vector<Outgoing> outgoing;
   };
 
-  static std::vector<M> one(M module) {
+  static std::vector<M> one(M chunk) {
     std::vector<M> v;
-    v.push_back(std::move(module));
+    v.push_back(std::move(chunk));
     return v;
   }
 
@@ -332,7 +332,7 @@ class PipelineStage {
   void run(const Action& a) {
     progress();
     const int s = virtual_stage(a.chunk);
-    M& module = chunks_[static_cast<std::size_t>(a.chunk)];
+    M& chunk_module = chunks_[static_cast<std::size_t>(a.chunk)];
     auto& ctx = contexts_[context_slot(a)];
     const Microbatch& mb = mbs_[static_cast<std::size_t>(a.microbatch)];
     switch (a.op) {
@@ -340,7 +340,7 @@ class PipelineStage {
         const Tensor x = s > 0 ? take({false, a.microbatch, s}) : Tensor{};
         ctx.emplace();
         const auto t0 = now();
-        StageOutput<value_type, Memory> out = module.forward(*ctx, {x.cview(), mb.tokens, mb.targets});
+        StageOutput<value_type, Memory> out = chunk_module.forward(*ctx, {x.cview(), mb.tokens, mb.targets});
         record(a, t0);
         peak_in_flight_ = std::max(peak_in_flight_, ++in_flight_);
         if (s + 1 < total_stages()) {
@@ -355,8 +355,8 @@ class PipelineStage {
       case Op::backward_input: {
         const Tensor dy = s + 1 < total_stages() ? take({true, a.microbatch, s}) : Tensor{};
         const auto t0 = now();
-        Tensor dx = module.backward_input(*ctx, dy.cview(), scale_);
-        if (a.op == Op::backward) module.backward_weight(*ctx);
+        Tensor dx = chunk_module.backward_input(*ctx, dy.cview(), scale_);
+        if (a.op == Op::backward) chunk_module.backward_weight(*ctx);
         record(a, t0);
         --in_flight_;
         if (a.op == Op::backward) ctx.reset();
@@ -365,7 +365,7 @@ class PipelineStage {
       }
       case Op::backward_weight: {
         const auto t0 = now();
-        module.backward_weight(*ctx);
+        chunk_module.backward_weight(*ctx);
         record(a, t0);
         ctx.reset();
         break;
