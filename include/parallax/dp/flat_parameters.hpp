@@ -18,6 +18,7 @@
 #include "../core/tensor.hpp"
 #include "../error.hpp"
 #include "../nn/parameter.hpp"
+#include "detail/drain.hpp"
 #include "flat_layout.hpp"
 
 namespace parallax::dp {
@@ -111,12 +112,7 @@ class FlatParameters {
   FlatParameters& operator=(const FlatParameters&) = delete;
   //! Waits for the gathers in flight and removes the hooks.
   ~FlatParameters() {
-    for (auto& w : works_) {
-      try {
-        w.wait();
-      } catch (...) {  // the group failed: its error was reported where it was waited for
-      }
-    }
+    detail::drain(works_);
     for (auto* p : params_) {
       auto h = p->hooks();
       h.before_value = nullptr;

@@ -19,6 +19,7 @@
 #include "../core/tensor.hpp"
 #include "../error.hpp"
 #include "../nn/parameter.hpp"
+#include "detail/drain.hpp"
 #include "flat_layout.hpp"
 
 namespace parallax::dp {
@@ -132,12 +133,7 @@ class GradientBuckets {
   GradientBuckets& operator=(const GradientBuckets&) = delete;
   //! Waits for the reductions in flight and removes the hooks.
   ~GradientBuckets() {
-    for (auto& w : works_) {
-      try {
-        w.wait();
-      } catch (...) {  // the group failed: its error was reported where it was waited for
-      }
-    }
+    detail::drain(works_);
     for (auto* p : params_) {
       auto h = p->hooks();
       h.before_grad = nullptr;
