@@ -62,89 +62,72 @@ inline void quarantine(std::shared_ptr<void> buffers) {
 //! the shape's rank and its four dimensions.
 inline constexpr std::int64_t header_size = 8;
 
+//! What a pipeline stage asks of its schedule, at run time: a `PipelineStage<S, M>`'s code is then compiled once
+//! per module type `M`, however many schedules a program offers.
+struct ScheduleRef {
+  std::string type_name;  //!< `schedule_.type_name`
+  int chunks = 1;         //!< `schedule_.chunks`
+  int (*stage_of)(int rank, int chunk, int stages) = nullptr;
+  std::vector<Action> (*actions)(int rank, ScheduleShape shape) = nullptr;
+  void (*validate)(ScheduleShape shape) = nullptr;  //!< `pp::validate<S>`
+
+  template <Schedule S>
+  [[nodiscard]] static ScheduleRef of() {
+    return {S::type_name(), S::chunks, &S::stage_of, &S::actions, &pp::validate<S>};
+  }
+
+  //! `pp::placement<S>(stage, stages)`.
+  [[nodiscard]] Placement placement(int stage, int stages) const {
+    for (int r = 0; r < stages; ++r)
+      for (int c = 0; c < chunks; ++c)
+        if (stage_of(r, c, stages) == stage) return {r, c};
+    return {};
+  }
+};
+
 }  // namespace detail
 
-//! One rank's share of a pipeline-parallel training step under schedule `S`: this rank's `S::chunks` model
-//! chunks (chunk c is virtual stage `S::stage_of(pp_rank, c, p)`), run in the order `S::actions` gives.
-//!
-//! Per step (`train_step`, on every rank of the mesh with the same microbatches):
-//!   - counts the global batch's target tokens (not `ignore_index`) over DP x CP, so the last virtual stage
-//!     backpropagates the gradient of the global mean (a DP reduction then sums);
-//!   - runs each action: a forward takes the previous virtual stage's activation, a backward the next one's
-//!     gradient. Between ranks they travel over `mesh.pp()`: each message is a small shape header (checked on
-//!     arrival: a mismatch names both stages) and the tensor. Receives are posted early (the next header from each
-//!     neighbour as soon as the previous message arrived) and taken in the order the sender sends, holding early
-//!     ones, so schedules whose two directions interleave (ZB-V) work; sends are asynchronous. Between chunks of one
-//!     rank (interleaved, V-shape) the tensor is handed over without communication;
-//!   - keeps one module context per (microbatch, chunk) between its forward and its backward and frees it after
-//!     the backward (after backward_weight in split schedules);
-//!   - returns the mean loss, reduced over the pipeline and DP x CP so every rank returns the same number.
-//!
-//! Data parallelism, ZeRO and tensor parallelism compose without help from the stage: TP lives inside the chunk
-//! modules; an `optim::ShardedOptimizer` over `parameters()` with `accumulation = m` reduces each gradient bucket
-//! after its m-th gradient (the last backward of the step). Activation checkpointing is the chunk modules'
-//! (`nn::Checkpoint`, `TransformerBlockOptions::checkpoint`). ZeRO-3 works, but with several buckets per stage
-//! each bucket is gathered again for every microbatch (m times the traffic); see docs/pipeline-parallel.md.
-//!
-//! Every check that can fail before communication does so on every rank alike: the chunk count, the schedule
-//! for m (`pp::validate`), the microbatches' shapes.
-//! @tparam S a `pp::Schedule` (`GPipe`, `OneFOneB`, `Interleaved1F1B<V>`, `ZeroBubbleH1`, `ZeroBubbleV`)
-//! @tparam M a `pp::StageModule`
-//! @code
-//! pp::PipelineStage<pp::OneFOneB, GptStage> stage(mesh, GptStage(mesh, mesh.pp_rank(), ...), {.microbatches = 8});
-//! optim::ShardedOptimizer<optim::AdamW, optim::Zero<1>, Mesh, B> opt(mesh, stage.parameters(), {.lr = 3e-4f},
-//!                                                                   {.accumulation = 8});
-//! pp::StepResult r = stage.train_step(microbatches);   // r.loss on every rank
-//! opt.step();
-//! fmt::print("{}", stage.timeline());
-//! @endcode
-template <Schedule S, StageModule M>
-class PipelineStage {
+namespace detail {
+
+//! The body of `PipelineStage<S, M>` (see there), its schedule a run-time `ScheduleRef`.
+template <StageModule M>
+class StageRunner {
  public:
-  using schedule = S;
   using module_type = M;
   using backend = typename M::backend;
   using value_type = typename M::value_type;
   using Memory = typename backend::Memory;
   using Microbatch = pp::Microbatch<Memory>;
 
-  //! This rank's stage of the pipeline over `mesh` (a `DeviceMesh`: its `pp()` group carries the activations,
-  //! `dp_cp()` sums the token count and the loss), running `chunks`, `S::chunks` of them, chunk c being virtual
-  //! stage `S::stage_of(mesh.pp_rank(), c, mesh.pp_size())`. Not collective. Throws, alike on every rank, for a
-  //! wrong number of chunks or an m the schedule cannot run on `mesh.pp_size()` stages (`pp::validate`'s error).
-  //! The chunks are moved in and keep their addresses from then on (build an optimizer from `parameters()`).
+  //! See `PipelineStage`'s constructor.
   template <class Mesh>
-  PipelineStage(Mesh& mesh, std::vector<M> chunks, const PipelineOptions& o)
-      : pp_(&mesh.pp()),
+  StageRunner(Mesh& mesh, ScheduleRef schedule, std::vector<M> chunks, const PipelineOptions& o)
+      : schedule_(std::move(schedule)),
+        pp_(&mesh.pp()),
         dp_cp_(&mesh.dp_cp()),
         me_(mesh.pp_rank()),
         options_(o),
-        shape_{mesh.pp_size(), o.microbatches, S::chunks},
+        shape_{mesh.pp_size(), o.microbatches, schedule_.chunks},
         chunks_(std::move(chunks)) {
     const int rank = mesh.rank();
-    if (static_cast<int>(chunks_.size()) != S::chunks)
+    if (static_cast<int>(chunks_.size()) != schedule_.chunks)
       throw Error(fmt::format("{}: {} model chunks given, the schedule runs {} per rank", label(), chunks_.size(),
-                              S::chunks),
+                              schedule_.chunks),
                   rank);
     try {
-      validate<S>(shape_);
+      schedule_.validate(shape_);
     } catch (const Error& e) {
       throw Error(fmt::format("{}: {}", label(), e.what()), rank);
     }
     plan();
   }
 
-  //! The stage of a schedule with one chunk per rank, running `module`.
-  template <class Mesh>
-    requires(S::chunks == 1)
-  PipelineStage(Mesh& mesh, M chunk, const PipelineOptions& o) : PipelineStage(mesh, one(std::move(chunk)), o) {}
-
   //! p, m and v.
   [[nodiscard]] const ScheduleShape& shape() const noexcept { return shape_; }
   //! This rank's position in the pipeline.
   [[nodiscard]] int pp_rank() const noexcept { return me_; }
   //! The virtual stage chunk `c` is.
-  [[nodiscard]] int virtual_stage(int c) const { return S::stage_of(me_, c, shape_.stages); }
+  [[nodiscard]] int virtual_stage(int c) const { return schedule_.stage_of(me_, c, shape_.stages); }
   //! Chunk `c`'s module.
   [[nodiscard]] M& chunk(int c) { return chunks_.at(static_cast<std::size_t>(c)); }
   //! This rank's actions, in order.
@@ -248,13 +231,7 @@ class PipelineStage {
     std::vector<Outgoing> outgoing;
   };
 
-  static std::vector<M> one(M chunk) {
-    std::vector<M> v;
-    v.push_back(std::move(chunk));
-    return v;
-  }
-
-  [[nodiscard]] static std::string label() { return fmt::format("PipelineStage<{}>", S::type_name()); }
+  [[nodiscard]] std::string label() const { return fmt::format("PipelineStage<{}>", schedule_.type_name); }
   [[nodiscard]] int rank_id() const { return pp_->world_rank(); }
   [[nodiscard]] int total_stages() const noexcept { return shape_.virtual_stages(); }
   [[nodiscard]] std::size_t slot_count() const {
@@ -268,11 +245,11 @@ class PipelineStage {
     return static_cast<std::size_t>(a.chunk * shape_.microbatches + a.microbatch);
   }
   //! The rank and chunk of virtual stage `s`.
-  [[nodiscard]] Placement at(int s) const { return placement<S>(s, shape_.stages); }
+  [[nodiscard]] Placement at(int s) const { return schedule_.placement(s, shape_.stages); }
 
   //! The message action `a` of `rank` sends, if any: forwards send activations up, backwards gradients down.
   [[nodiscard]] std::optional<Message> sent_by(int rank, const Action& a) const {
-    const int s = S::stage_of(rank, a.chunk, shape_.stages);
+    const int s = schedule_.stage_of(rank, a.chunk, shape_.stages);
     if (a.op == Op::forward && s + 1 < total_stages()) return Message{false, a.microbatch, s + 1};
     if ((a.op == Op::backward || a.op == Op::backward_input) && s > 0) return Message{true, a.microbatch, s - 1};
     return std::nullopt;
@@ -280,16 +257,16 @@ class PipelineStage {
 
   //! This rank's actions and, per neighbour, the messages it will send here in its order.
   void plan() {
-    actions_ = S::actions(me_, shape_);
+    actions_ = schedule_.actions(me_, shape_);
     inbox_orders_.assign(static_cast<std::size_t>(shape_.stages), {});
     for (int peer = 0; peer < shape_.stages; ++peer) {
       if (peer == me_) continue;
-      for (const Action& a : S::actions(peer, shape_))
+      for (const Action& a : schedule_.actions(peer, shape_))
         if (const auto msg = sent_by(peer, a); msg && at(msg->stage).rank == me_)
           inbox_orders_[static_cast<std::size_t>(peer)].push_back(*msg);
     }
-    contexts_.resize(static_cast<std::size_t>(shape_.microbatches * S::chunks));
-    sent_shapes_.resize(static_cast<std::size_t>(shape_.microbatches * S::chunks));
+    contexts_.resize(static_cast<std::size_t>(shape_.microbatches * schedule_.chunks));
+    sent_shapes_.resize(static_cast<std::size_t>(shape_.microbatches * schedule_.chunks));
   }
 
   void check_microbatches(std::span<const Microbatch> mbs) const {
@@ -541,7 +518,7 @@ class PipelineStage {
       first = std::min(first, all[static_cast<std::size_t>(r * block)]);
       last = std::max(last, all[static_cast<std::size_t>(r * block)]);
     }
-    recording_ = {S::type_name(), shape_, {}};
+    recording_ = {schedule_.type_name, shape_, {}};
     for (int r = 0; r < shape_.stages; ++r) {
       const std::int64_t* f = all.data() + r * block;
       const std::int64_t origin = last - first < shared_clock_ns ? first : f[0];
@@ -552,6 +529,7 @@ class PipelineStage {
     }
   }
 
+  ScheduleRef schedule_;
   Communicator* pp_;
   Communicator* dp_cp_;
   int me_;
@@ -571,6 +549,69 @@ class PipelineStage {
   std::chrono::steady_clock::time_point origin_{};
   std::vector<ActionRecord> records_;
   Recording recording_;
+};
+
+}  // namespace detail
+
+//! One rank's share of a pipeline-parallel training step under schedule `S`: this rank's `S::chunks` model
+//! chunks (chunk c is virtual stage `S::stage_of(pp_rank, c, p)`), run in the order `S::actions` gives.
+//!
+//! Per step (`train_step`, on every rank of the mesh with the same microbatches):
+//!   - counts the global batch's target tokens (not `ignore_index`) over DP x CP, so the last virtual stage
+//!     backpropagates the gradient of the global mean (a DP reduction then sums);
+//!   - runs each action: a forward takes the previous virtual stage's activation, a backward the next one's
+//!     gradient. Between ranks they travel over `mesh.pp()`: each message is a small shape header (checked on
+//!     arrival: a mismatch names both stages) and the tensor. Receives are posted early (the next header from each
+//!     neighbour as soon as the previous message arrived) and taken in the order the sender sends, holding early
+//!     ones, so schedules whose two directions interleave (ZB-V) work; sends are asynchronous. Between chunks of one
+//!     rank (interleaved, V-shape) the tensor is handed over without communication;
+//!   - keeps one module context per (microbatch, chunk) between its forward and its backward and frees it after
+//!     the backward (after backward_weight in split schedules);
+//!   - returns the mean loss, reduced over the pipeline and DP x CP so every rank returns the same number.
+//!
+//! Data parallelism, ZeRO and tensor parallelism compose without help from the stage: TP lives inside the chunk
+//! modules; an `optim::ShardedOptimizer` over `parameters()` with `accumulation = m` reduces each gradient bucket
+//! after its m-th gradient (the last backward of the step). Activation checkpointing is the chunk modules'
+//! (`nn::Checkpoint`, `TransformerBlockOptions::checkpoint`). ZeRO-3 works, but with several buckets per stage
+//! each bucket is gathered again for every microbatch (m times the traffic); see docs/pipeline-parallel.md.
+//!
+//! Every check that can fail before communication does so on every rank alike: the chunk count, the schedule
+//! for m (`pp::validate`), the microbatches' shapes.
+//! @tparam S a `pp::Schedule` (`GPipe`, `OneFOneB`, `Interleaved1F1B<V>`, `ZeroBubbleH1`, `ZeroBubbleV`)
+//! @tparam M a `pp::StageModule`
+//! @code
+//! pp::PipelineStage<pp::OneFOneB, GptStage> stage(mesh, GptStage(mesh, mesh.pp_rank(), ...), {.microbatches = 8});
+//! optim::ShardedOptimizer<optim::AdamW, optim::Zero<1>, Mesh, B> opt(mesh, stage.parameters(), {.lr = 3e-4f},
+//!                                                                   {.accumulation = 8});
+//! pp::StepResult r = stage.train_step(microbatches);   // r.loss on every rank
+//! opt.step();
+//! fmt::print("{}", stage.timeline());
+//! @endcode
+template <Schedule S, StageModule M>
+class PipelineStage : public detail::StageRunner<M> {
+ public:
+  using schedule = S;
+
+  //! This rank's stage of the pipeline over `mesh` (a `DeviceMesh`: its `pp()` group carries the activations,
+  //! `dp_cp()` sums the token count and the loss), running `chunks`, `S::chunks` of them, chunk c being virtual
+  //! stage `S::stage_of(mesh.pp_rank(), c, mesh.pp_size())`. Not collective. Throws, alike on every rank, for a
+  //! wrong number of chunks or an m the schedule cannot run on `mesh.pp_size()` stages (`pp::validate`'s error).
+  //! The chunks are moved in and keep their addresses from then on (build an optimizer from `parameters()`).
+  template <class Mesh>
+  PipelineStage(Mesh& mesh, std::vector<M> chunks, const PipelineOptions& o)
+      : detail::StageRunner<M>(mesh, detail::ScheduleRef::of<S>(), std::move(chunks), o) {}
+
+  //! The stage of a schedule with one chunk per rank, running `chunk`.
+  template <class Mesh>
+    requires(S::chunks == 1)
+  PipelineStage(Mesh& mesh, M chunk, const PipelineOptions& o) : PipelineStage(mesh, one(std::move(chunk)), o) {}
+
+ private:
+  static std::vector<M> one(M chunk) {
+    std::vector<M> v;
+    v.push_back(std::move(chunk));
+    return v;
+  }
 };
 
 }  // namespace parallax::pp
