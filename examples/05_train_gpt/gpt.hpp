@@ -3,7 +3,7 @@
 //
 // Built only from parallax's public templates, so DP x PP x TP (with sequence parallelism), every pipeline schedule
 // and every ZeRO stage compose around it. Parameter names (`Stage::parameters()`):
-//   embed.token.weight [V, D], embed.position.weight [seq, D]               virtual stage 0
+//   embed.token.weight [V, D], embed.position.weight [P, D]               virtual stage 0
 //   h.<i>.ln_1.*, h.<i>.attn.qkv.* [3D, D], h.<i>.attn.proj.*, h.<i>.ln_2.*,
 //   h.<i>.mlp.fc.* [4D, D], h.<i>.mlp.proj.* [D, 4D]                        the stage's layers (pp::layers_of)
 //   ln_f.weight, ln_f.bias, lm_head.weight [V, D]                             the last virtual stage
@@ -43,13 +43,18 @@ namespace gpt {
 
 namespace px = parallax;
 
-//! The model's sizes and options. `seq` is also the number of learned positions.
+//! The model's sizes and options: sequences of `seq` tokens, and `positions` learned positions (at least seq; 0
+//! means seq), so a model with GPT-2's 1024 positions runs on shorter sequences.
 struct Config {
   std::int64_t vocab = 256, seq = 64, layers = 4, heads = 4, dim = 128;
+  std::int64_t positions = 0;
   bool sequence_parallel = false;  // activations between TP regions as sequence shards [T/tp, B, D]
   bool checkpoint = false;         // activation checkpointing of every block
   std::uint64_t seed = 1;          // every parameter's init: Normal(0, init_std) seeded by (seed, its name)
   float init_std = 0.02f;          // GPT-2: residual projections get init_std / sqrt(2 layers)
+
+  //! The rows of the position table.
+  [[nodiscard]] std::int64_t max_positions() const noexcept { return positions > 0 ? positions : seq; }
 };
 
 //! The parameter holding the token table, and the LM head's copy of it.
@@ -66,6 +71,8 @@ void check_fits(const Mesh& mesh, const Config& c, int chunks) {
   if (c.vocab <= 0 || c.seq <= 0 || c.layers <= 0 || c.heads <= 0 || c.dim <= 0)
     fail(fmt::format("vocab {}, seq {}, layers {}, heads {} and dim {} must be positive", c.vocab, c.seq, c.layers,
                      c.heads, c.dim));
+  if (c.seq > c.max_positions())
+    fail(fmt::format("seq {} is longer than the model's {} learned positions", c.seq, c.max_positions()));
   if (c.layers % (std::int64_t{pp} * chunks) != 0)
     fail(fmt::format("{} layers are not divisible by PP x chunks = {} x {} = {} pipeline stages", c.layers, pp, chunks,
                      pp * chunks));
@@ -172,7 +179,7 @@ class Stage {
       : mesh_(&mesh), rank_(&px::mesh_rank<B>(mesh)), name_(fmt::format("gpt stage {}", stage)), config_(c) {
     const px::pp::LayerRange layers = px::pp::layers_of(static_cast<int>(c.layers), stage, stages);
     if (stage == 0)
-      embedding_.emplace(mesh, c.vocab, c.seq, c.dim,
+      embedding_.emplace(mesh, c.vocab, c.max_positions(), c.dim,
                          px::tp::VocabParallelEmbeddingOptions{.sequence_parallel = c.sequence_parallel,
                                                                .init_std = c.init_std, .seed = c.seed,
                                                                .name = "embed"});
@@ -509,9 +516,10 @@ struct GivenFlags {
 };
 
 //! `flags` with the sizes a GPT-2 weights file fixes, read from its tensors' shapes (Hugging Face names, with or
-//! without `transformer.`): vocab and dim from `wte.weight`, seq from `wpe.weight` (its positions), layers from
-//! the blocks `h.<i>`. Heads and the rest come from `flags`. Throws for a file that is not a GPT-2, and when a
-//! size the user gave (`given`) disagrees with the file, naming both numbers.
+//! without `transformer.`): vocab and dim from `wte.weight`, the positions from `wpe.weight`, layers from the
+//! blocks `h.<i>`; seq is the flag's when given (at most the positions), else all the positions. Heads and the
+//! rest come from `flags`. Throws for a file that is not a GPT-2, and when a size the user gave (`given`)
+//! disagrees with the file, naming both numbers.
 [[nodiscard]] inline Config config_from_file(const std::string& path, Config flags, const GivenFlags& given) {
   const auto file = [&] {
     try {
@@ -550,7 +558,12 @@ struct GivenFlags {
   };
   take("vocab", given.vocab, flags.vocab, wte[0], fmt::format("wte.weight {}", wte));
   take("dim", given.dim, flags.dim, wte[1], fmt::format("wte.weight {}", wte));
-  take("seq", given.seq, flags.seq, wpe[0], fmt::format("wpe.weight {}", wpe));
+  flags.positions = wpe[0];
+  if (!given.seq) flags.seq = wpe[0];
+  if (flags.seq > wpe[0])
+    throw px::Error(fmt::format("gpt::config_from_file: --seq {} is longer than the {} positions of '{}' (wpe.weight "
+                                "{})",
+                                flags.seq, wpe[0], path, wpe));
   take("layers", given.layers, flags.layers, layers, fmt::format("blocks h.0 .. h.{}", layers - 1));
   return flags;
 }

@@ -140,6 +140,7 @@ TEST_CASE("gpt::config_from_file: sizes from the file; a flag that disagrees, or
                                               {});
   CHECK(c.vocab == 64);
   CHECK(c.seq == 16);
+  CHECK(c.positions == 16);
   CHECK(c.layers == 2);
   CHECK(c.dim == 24);
   CHECK(c.heads == 2);
@@ -151,8 +152,12 @@ TEST_CASE("gpt::config_from_file: sizes from the file; a flag that disagrees, or
   CHECK(error_of([] { (void)gpt::config_from_file(fixture, {.dim = 32}, {.dim = true}); }) ==
         fmt::format("gpt::config_from_file: --dim 32 disagrees with '{}', whose wte.weight [64, 24] makes it 24",
                     fixture));
-  CHECK(error_of([] { (void)gpt::config_from_file(fixture, {.seq = 8}, {.seq = true}); }) ==
-        fmt::format("gpt::config_from_file: --seq 8 disagrees with '{}', whose wpe.weight [16, 24] makes it 16",
+  // A sequence shorter than the file's 16 positions is fine (the first 8 are used); a longer one is not.
+  const gpt::Config shorter = gpt::config_from_file(fixture, {.seq = 8}, {.seq = true});
+  CHECK(shorter.seq == 8);
+  CHECK(shorter.positions == 16);
+  CHECK(error_of([] { (void)gpt::config_from_file(fixture, {.seq = 17}, {.seq = true}); }) ==
+        fmt::format("gpt::config_from_file: --seq 17 is longer than the 16 positions of '{}' (wpe.weight [16, 24])",
                     fixture));
   CHECK(error_of([] { (void)gpt::config_from_file(fixture, {.layers = 4}, {.layers = true}); }) ==
         fmt::format("gpt::config_from_file: --layers 4 disagrees with '{}', whose blocks h.0 .. h.1 makes it 2",

@@ -1,6 +1,7 @@
 // gpt::make_chunks: a model that does not fit the mesh (layers not divisible by PP x chunks, heads or vocabulary
-// not divisible by TP, dim not divisible by heads, seq not divisible by TP under sequence parallelism, a size that
-// is not positive) throws the same clear message on every rank, before any communication.
+// not divisible by TP, dim not divisible by heads, seq not divisible by TP under sequence parallelism, seq longer
+// than the learned positions, a size that is not positive) throws the same clear message on every rank, before any
+// communication.
 #include <string>
 
 #include "harness.hpp"
@@ -41,6 +42,9 @@ TEST_CASE("gpt: a model that does not fit the mesh is an error on every rank", "
   sp.sequence_parallel = true;
   sp.seq = 9;
   check_every_rank(build<TP>(2, sp), "gpt: seq 9 is not divisible by TP 2 (sequence parallelism)");
+  gpt::Config too_long = c;
+  too_long.positions = 6;
+  check_every_rank(build<PP>(2, too_long), "gpt: seq 8 is longer than the model's 6 learned positions");
   gpt::Config empty = c;
   empty.layers = 0;
   check_every_rank(build<PP>(2, empty), "gpt: vocab 64, seq 8, layers 0, heads 4 and dim 32 must be positive");
