@@ -6,34 +6,25 @@
 //       ./build/examples/05_train_gpt/train_gpt --help
 //
 // Compiled as C++ this is `train_gpt`, whose ranks are CPU threads (host::Backend). Compiled as CUDA (target
-// `train_gpt_cuda`, from this same file, when CMake enables the CUDA language) the ranks are threads driving the
+// `train_gpt_cuda`, from these same files, when CMake enables the CUDA language) the ranks are threads driving the
 // GPUs (cuda::Backend, rank r on GPU r % device count).
 //
-// Mesh types (see `with_mesh`): the demo's 2 x 2 x 2 runs on the static DeviceMesh<2, 2, 2>; every other shape
-// (any DP; PP 1, 2, 3, 4, 6 or 8; TP 1, 2, 4 or 8) on a `DynamicMesh`, a run-time view of DeviceMesh<dynamic, PP, TP>.
-// The trainer is instantiated per mesh type, storage type (fp32, bf16) and schedule, which is what its build time
-// pays for; so two mesh types, not one per shape.
-#include <parallax/parallax.hpp>
-#include <parallax/pp/pipeline_stage.hpp>
-#include <parallax/pp/trace.hpp>
-
+// Mesh types (see `MeshType`): the demo's run, fp32 on 2 x 2 x 2, uses the static DeviceMesh<2, 2, 2>; every other
+// run (any DP; PP 1, 2, 3, 4, 6 or 8; TP 1, 2, 4 or 8; fp32 or bf16) a `DynamicMesh`, a run-time view of
+// DeviceMesh<dynamic, PP, TP>. The rank loop (trainer.hpp) is instantiated per mesh type and storage type, which is
+// what the build pays for: three instantiations, each in its own translation unit (train_ranks.cpp, compiled three
+// times), so they build in parallel. This file is the command line, the plan checked before any rank starts, and
+// the output.
 #include <algorithm>
-#include <array>
-#include <chrono>
-#include <concepts>
 #include <cstdint>
 #include <cstdio>
-#include <deque>
 #include <exception>
 #include <fstream>
 #include <functional>
-#include <memory>
-#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 #include <unistd.h>
@@ -42,46 +33,18 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
-#include "data.hpp"
-#include "gpt.hpp"
+#include "train_gpt.hpp"
 
-namespace px = parallax;
-namespace pp = parallax::pp;
-using Clock = std::chrono::steady_clock;
-
-#if defined(__CUDACC__)
-using Backend = px::cuda::Backend;
-#else
-using Backend = px::host::Backend;
-#endif
+namespace train_gpt {
 
 namespace {
 
-constexpr std::string_view program = std::string_view(Backend::name) == "cuda" ? "train_gpt_cuda" : "train_gpt";
 constexpr int addition_digits = 2;  // the built-in task: two-digit additions
 constexpr std::int64_t heldout_problems = 1000;
 constexpr double mib = 1024.0 * 1024.0;
 
 // -----------------------------------------------------------------------------------------------------------------
-// Options.
-
-//! Everything the command line sets.
-struct Options {
-  int dp = 1, pp = 1, tp = 1, zero = 0;
-  std::string schedule = "1f1b";
-  std::int64_t batch = 128;
-  std::int64_t microbatches = 0;  // 0: 1 without PP, 2 x pp with it
-  // seq 0: from the data
-  gpt::Config model{.vocab = 256, .seq = 0, .layers = 2, .heads = 4, .dim = 128};
-  int steps = 800;
-  int warmup = -1;    // -1: 30, at most steps / 10
-  int log_every = 0;  // 0: automatic
-  float lr = 3e-3f, weight_decay = 0.1f, clip = 1.0f;
-  std::string precision = "fp32", backend = Backend::name;
-  std::string data, load, save, json, trace;
-  bool eval_only = false, timeline = false;
-  gpt::GivenFlags given;
-};
+// The command line.
 
 //! A command-line flag: its name, what its value looks like (empty for a switch), what it does, and how it is set.
 struct Flag {
@@ -146,7 +109,7 @@ const std::vector<Flag>& flags() {
        }},
       {"--seq", "N",
        "tokens per sequence, also the learned positions (default 10 for the built-in task, 64 for "
-       "--data, the file's with --load)",
+       "--data); with --load at most the file's positions (default all of them)",
        [](Options& o, const std::string& v) {
          o.model.seq = number<std::int64_t>("--seq", v);
          o.given.seq = true;
@@ -183,8 +146,8 @@ const std::vector<Flag>& flags() {
        "token ids when it ends in .bin or .u16; n tokens make floor((n - 1) / seq) sequences",
        [](Options& o, const std::string& v) { o.data = v; }},
       {"--load", "FILE",
-       "start from GPT-2 weights in a safetensors file (Hugging Face names); it fixes vocab, seq, "
-       "layers and dim",
+       "start from GPT-2 weights in a safetensors file (Hugging Face names); it fixes vocab, the "
+       "learned positions, layers and dim",
        [](Options& o, const std::string& v) { o.load = v; }},
       {"--save", "FILE", "write the trained weights there (safetensors, Hugging Face GPT-2 names)",
        [](Options& o, const std::string& v) { o.save = v; }},
@@ -264,100 +227,6 @@ Options parse(std::span<char*> args) {
   return o;
 }
 
-// -----------------------------------------------------------------------------------------------------------------
-// Compile-time choices: the schedules, the ZeRO stages and the mesh types this binary instantiates.
-
-//! Calls `f.template operator()<S>()` with the schedule named `name`.
-template <class F>
-void with_schedule(std::string_view name, F&& f) {
-  if (name == "gpipe") return f.template operator()<px::GPipe>();
-  if (name == "1f1b") return f.template operator()<px::OneFOneB>();
-  if (name == "interleaved") return f.template operator()<px::Interleaved1F1B<2>>();
-  if (name == "zb") return f.template operator()<px::ZeroBubbleH1>();
-  throw px::Error(fmt::format("--schedule {}: not gpipe, 1f1b, interleaved or zb", name));
-}
-
-//! A `DeviceMesh` seen through run-time extents, as `std::dextents` views any `std::extents`: the model, the optimizer
-//! and the checkpoint code are instantiated once for it, whatever the shape of the mesh it views. It offers what
-//! they ask of a mesh (groups, sizes, coordinates, the rank), forwarding to the viewed mesh, which must outlive it.
-class DynamicMesh {
- public:
-  static constexpr int static_tp = px::dynamic;  // no compile-time TP extent to check `fixed<N>` sizes against
-
-  template <int DP, int PP, int TP, int CP>
-  explicit DynamicMesh(px::DeviceMesh<DP, PP, TP, CP>& m)
-      : name_(fmt::format("DynamicMesh over {}", m.name())),
-        shape_(m.shape()),
-        coords_(m.coords()),
-        groups_{&m.dp(), &m.pp(), &m.tp(), &m.cp()},
-        dp_cp_(&m.dp_cp()),
-        world_(&m.world()),
-        rank_(&px::mesh_rank<Backend>(m)) {}
-
-  [[nodiscard]] const std::string& name() const noexcept { return name_; }
-  [[nodiscard]] const px::MeshShape& shape() const noexcept { return shape_; }
-  [[nodiscard]] const px::Coords& coords() const noexcept { return coords_; }
-  [[nodiscard]] int rank() const { return world_->rank(); }
-  [[nodiscard]] int dp_size() const noexcept { return shape_.dp; }
-  [[nodiscard]] int pp_size() const noexcept { return shape_.pp; }
-  [[nodiscard]] int tp_size() const noexcept { return shape_.tp; }
-  [[nodiscard]] int dp_rank() const noexcept { return coords_.dp; }
-  [[nodiscard]] int pp_rank() const noexcept { return coords_.pp; }
-  [[nodiscard]] int tp_rank() const noexcept { return coords_.tp; }
-  [[nodiscard]] px::Communicator& group(px::Axis a) const noexcept { return *groups_[static_cast<std::size_t>(a)]; }
-  [[nodiscard]] px::Communicator& pp() const noexcept { return group(px::Axis::pp); }
-  [[nodiscard]] px::Communicator& tp() const noexcept { return group(px::Axis::tp); }
-  [[nodiscard]] px::Communicator& dp_cp() const noexcept { return *dp_cp_; }
-  [[nodiscard]] px::Communicator& world() const noexcept { return *world_; }
-  template <px::Backend B>
-  requires std::same_as<B, Backend>
-  [[nodiscard]] px::Rank<B>& backend_rank() const noexcept { return *rank_; }
-
- private:
-  std::string name_;
-  px::MeshShape shape_;
-  px::Coords coords_;
-  std::array<px::Communicator*, 4> groups_;  // by px::Axis
-  px::Communicator *dp_cp_, *world_;
-  px::Rank<Backend>* rank_;
-};
-
-//! The DP x PP x TP meshes this binary runs: the demo's 2 x 2 x 2, instantiated with its static `DeviceMesh` type
-//! (every module sees the compile-time extents), and any DP with the PP and TP extents below through `DynamicMesh`
-//! views of `DeviceMesh<dynamic, PP, TP>` (per shape, only the mesh's constructor is instantiated).
-constexpr px::MeshShape static_shape{2, 2, 2};
-constexpr std::array pp_extents{1, 2, 3, 4, 6, 8};
-constexpr std::array tp_extents{1, 2, 4, 8};
-
-//! Whether this binary runs shape `s`.
-bool runs(const px::MeshShape& s) {
-  return std::ranges::find(pp_extents, s.pp) != pp_extents.end() &&
-         std::ranges::find(tp_extents, s.tp) != tp_extents.end() && s.cp == 1;
-}
-
-//! Builds the mesh of shape `s` (one `runs`) on `rank` and calls `f(mesh)` with it.
-template <std::size_t I = 0, std::size_t J = 0, class F>
-void with_mesh(const px::MeshShape& s, px::Rank<Backend>& rank, F&& f) {
-  if constexpr (I == 0 && J == 0) {
-    if (s == static_shape) {
-      px::DeviceMesh<static_shape.dp, static_shape.pp, static_shape.tp> mesh(rank);
-      return f(mesh);
-    }
-  }
-  constexpr int PP = pp_extents[I], TP = tp_extents[J];
-  if (s.pp == PP && s.tp == TP) {
-    px::DeviceMesh<px::dynamic, PP, TP> mesh(rank);
-    DynamicMesh view(mesh);
-    return f(view);
-  }
-  if constexpr (J + 1 < tp_extents.size())
-    return with_mesh<I, J + 1>(s, rank, std::forward<F>(f));
-  else if constexpr (I + 1 < pp_extents.size())
-    return with_mesh<I + 1, 0>(s, rank, std::forward<F>(f));
-  else
-    throw px::Error(fmt::format("with_mesh: no mesh type for DP {} x PP {} x TP {}", s.dp, s.pp, s.tp));
-}
-
 //! Calls `f.template operator()<T>()` with the storage type of precision `name`.
 template <class F>
 void with_precision(std::string_view name, F&& f) {
@@ -366,65 +235,8 @@ void with_precision(std::string_view name, F&& f) {
   throw px::Error(fmt::format("--precision {}: not fp32 or bf16", name));
 }
 
-//! AdamW under any ZeRO stage, behind one interface (so each stage is instantiated once per mesh and precision,
-//! not once per schedule too).
-template <class B, class T>
-class Optimizer {
- public:
-  using Parameter = px::nn::Parameter<T, typename B::Memory>;
-  virtual ~Optimizer() = default;
-  virtual px::optim::StepReport step() = 0;
-  //! `p`'s local tensor (collective over DP under ZeRO-3).
-  virtual std::vector<T> value(const Parameter& p) = 0;
-};
-
-//! `ShardedOptimizer<AdamW, Z, Mesh, B>` as an `Optimizer`.
-template <class Z, class Mesh, class B, class T>
-class ShardedAdamW final : public Optimizer<B, T> {
- public:
-  ShardedAdamW(Mesh& mesh, const px::nn::ParameterList<T, typename B::Memory>& params, px::optim::AdamW::Hyper hyper,
-               px::optim::ShardedOptions options)
-      : opt_(mesh, params, hyper, std::move(options)) {}
-  px::optim::StepReport step() override { return opt_.step(); }
-  std::vector<T> value(const typename Optimizer<B, T>::Parameter& p) override { return opt_.value(p); }
-
- private:
-  px::ShardedOptimizer<px::optim::AdamW, Z, Mesh, B> opt_;
-};
-
-//! AdamW under ZeRO stage `zero` (0..3) over `params`.
-template <class Mesh, class B, class T>
-std::unique_ptr<Optimizer<B, T>> make_optimizer(int zero, Mesh& mesh,
-                                                const px::nn::ParameterList<T, typename B::Memory>& params,
-                                                px::optim::AdamW::Hyper hyper, px::optim::ShardedOptions options) {
-  switch (zero) {
-    case 0:
-      return std::make_unique<ShardedAdamW<px::Zero<0>, Mesh, B, T>>(mesh, params, hyper, std::move(options));
-    case 1:
-      return std::make_unique<ShardedAdamW<px::Zero<1>, Mesh, B, T>>(mesh, params, hyper, std::move(options));
-    case 2:
-      return std::make_unique<ShardedAdamW<px::Zero<2>, Mesh, B, T>>(mesh, params, hyper, std::move(options));
-    default:
-      return std::make_unique<ShardedAdamW<px::Zero<3>, Mesh, B, T>>(mesh, params, hyper, std::move(options));
-  }
-}
-
 // -----------------------------------------------------------------------------------------------------------------
 // The run's plan, checked before any rank starts.
-
-//! What the ranks run: the options resolved, the model's sizes and the data.
-struct Plan {
-  Options options;
-  gpt::Config model;
-  px::MeshShape mesh;
-  int microbatches = 1, warmup = 0;
-  gpt::Dataset train, eval;  // eval: the held-out problems, or the data file's sequences
-  std::string data_name, eval_name;
-  std::int64_t log_every = 1;
-
-  [[nodiscard]] int ranks() const { return mesh.size(); }
-  [[nodiscard]] bool record() const { return options.timeline || !options.trace.empty(); }
-};
 
 //! A mesh of shape `s` as far as `gpt::check_fits` looks at one, so the model's fit is checked before launch.
 struct ShapeOnly {
@@ -512,51 +324,6 @@ Plan make_plan(const Options& o) {
 }
 
 // -----------------------------------------------------------------------------------------------------------------
-// What the ranks report. Each rank writes only its own slots; rank 0 reads them after a barrier.
-
-//! What rank 0 records of a training step.
-struct StepFigures {
-  double loss = 0, ms = 0, tokens_per_s = 0, grad_norm = 0;
-  float lr = 0;
-  bool skipped = false;
-};
-
-//! Bytes per `px::MemoryCategory`.
-using CategoryBytes = std::array<std::size_t, px::memory_category_count>;
-
-//! What the run measured.
-struct Report {
-  explicit Report(const Plan& plan)
-      : step_peak(static_cast<std::size_t>(std::max(plan.options.steps, 1)),
-                  std::vector<std::size_t>(static_cast<std::size_t>(plan.ranks()))),
-        peak(static_cast<std::size_t>(plan.ranks())),
-        peak_by_category(static_cast<std::size_t>(plan.ranks())),
-        parameters(static_cast<std::size_t>(plan.ranks())) {}
-
-  std::vector<StepFigures> steps;                   // written by rank 0
-  std::vector<std::vector<std::size_t>> step_peak;  // [step][rank]: peak bytes during the step
-  std::vector<std::size_t> peak;                    // [rank]: peak bytes during the run
-  std::vector<CategoryBytes> peak_by_category;      // [rank][category]
-  std::vector<std::int64_t> parameters;             // [rank]: parameters of its pipeline stage (TP/DP rank 0 only)
-  std::optional<gpt::EvalStats> eval;
-  std::optional<pp::Recording> recording;  // the last training step's pipeline, seen from rank 0
-  std::string mesh_type;                   // "DeviceMesh<2, 2, 2, 1>"
-  double seconds = 0;
-};
-
-//! Folds rank `id`'s peaks since the last reset into the run's, and restarts them; returns the peak total.
-std::size_t take_peaks(px::MemoryStats& m, Report& report, int id) {
-  const auto r = static_cast<std::size_t>(id);
-  for (int c = 0; c < px::memory_category_count; ++c)
-    report.peak_by_category[r][static_cast<std::size_t>(c)] =
-        std::max(report.peak_by_category[r][static_cast<std::size_t>(c)], m.peak(static_cast<px::MemoryCategory>(c)));
-  const std::size_t total = m.peak_total();
-  report.peak[r] = std::max(report.peak[r], total);
-  m.reset_peaks();
-  return total;
-}
-
-// -----------------------------------------------------------------------------------------------------------------
 // Printing (rank 0).
 
 //! MiB with one decimal below 10 MiB, whole ones above.
@@ -581,45 +348,6 @@ std::string duration(double seconds) {
   return s >= 60 ? fmt::format("{}m{:02}s", s / 60, s % 60) : fmt::format("{}s", s);
 }
 
-//! Prints step `step` (0-based) as a log line, or redraws the progress bar on a terminal.
-void print_step(const Plan& plan, const Report& report, int step, double elapsed) {
-  static const bool terminal = isatty(fileno(stdout)) != 0;
-  const StepFigures& f = report.steps.back();
-  const int steps = plan.options.steps, done = step + 1;
-  const bool log = done == 1 || done == steps || done % plan.log_every == 0;
-  if (log) {
-    fmt::print("{}step {:>{}}/{}  loss {:.4f}{}  lr {:.2e}  {:7.1f} ms  {:8.0f} tok/s  peak MiB/rank {}\n",
-               terminal ? "\r\033[K" : "", done, fmt::formatted_size("{}", steps), steps, f.loss,
-               f.skipped ? " (skipped: non-finite gradient)" : "", f.lr, f.ms, f.tokens_per_s,
-               per_rank_mib(report.step_peak[static_cast<std::size_t>(step)]));
-  } else if (terminal) {
-    constexpr int width = 30;
-    const int filled = done * width / steps;
-    fmt::print("\r\033[K[{}{}] {}/{}  loss {:.4f}  eta {}", std::string(static_cast<std::size_t>(filled), '#'),
-               std::string(static_cast<std::size_t>(width - filled), '.'), done, steps, f.loss,
-               duration(elapsed / done * (steps - done)));
-  }
-  std::fflush(stdout);
-}
-
-//! The model, the mesh and the run, before the first step.
-void print_header(const Plan& plan, const Report& report, std::int64_t parameters) {
-  const Options& o = plan.options;
-  const gpt::Config& c = plan.model;
-  fmt::print("{}: GPT-2 {} layers x dim {} x {} heads, vocab {}, seq {}: {:.2f} M parameters{}\n", program, c.layers,
-             c.dim, c.heads, c.vocab, c.seq, double(parameters) / 1e6,
-             o.load.empty() ? "" : fmt::format(" from '{}'", o.load));
-  fmt::print(
-      "mesh DP {} x PP {} x TP {} = {} {} rank{} ({}){}{} | ZeRO-{} | {} schedule, {} microbatch{} per DP rank | "
-      "{}\n",
-      o.dp, o.pp, o.tp, plan.ranks(), Backend::name, plan.ranks() == 1 ? "" : "s", report.mesh_type,
-      c.sequence_parallel ? " | sequence parallel" : "", c.checkpoint ? " | recompute" : "", o.zero, o.schedule,
-      plan.microbatches, plan.microbatches == 1 ? "" : "es", o.precision);
-  if (!o.eval_only)
-    fmt::print("data: {} | batch {} sequences ({} tokens) | {} steps of AdamW, lr {:.1e} (warmup {}, cosine)\n",
-               plan.data_name, o.batch, o.batch * c.seq, o.steps, o.lr, plan.warmup);
-  std::fflush(stdout);
-}
 
 //! The evaluation's loss and accuracy.
 void print_eval(const Plan& plan, const gpt::EvalStats& s) {
@@ -627,190 +355,13 @@ void print_eval(const Plan& plan, const gpt::EvalStats& s) {
              s.tokens, 100 * s.accuracy(), s.correct_sequences, s.sequences, plan.eval_name);
 }
 
-// -----------------------------------------------------------------------------------------------------------------
-// One rank.
-
-//! Microbatches of one global batch: this DP rank's `m` slices, in the backend's memory.
-template <class B>
-struct Microbatches {
-  std::vector<px::Tensor<std::int32_t, typename B::Memory>> tensors;
-  std::vector<pp::Microbatch<typename B::Memory>> views;
-
-  Microbatches(px::Rank<B>& rank, const gpt::Batch& global, int dp_rank, int dp, int m) {
-    const auto upload = [&](const std::vector<std::int32_t>& host, const px::Shape& shape) {
-      auto& t = tensors.emplace_back(rank.allocator(), shape, px::MemoryCategory::workspace);
-      px::copy_from(t.view(), std::span<const std::int32_t>(host));
-      return t.cview();
-    };
-    tensors.reserve(2 * static_cast<std::size_t>(m));
-    for (int i = 0; i < m; ++i) {
-      const gpt::Batch mb = gpt::slice(global, dp_rank, dp, i, m);
-      const auto tokens = upload(mb.tokens, mb.shape());
-      views.push_back({tokens, upload(mb.targets, mb.shape())});
-    }
-  }
-};
-
-//! The pipeline of one schedule and the tie of its token tables, behind one interface (so the training loop is
-//! instantiated once per mesh and precision, not once per schedule too).
-template <class B, class T>
-class Pipeline {
- public:
-  using Memory = typename B::Memory;
-  virtual ~Pipeline() = default;
-  [[nodiscard]] virtual px::nn::ParameterList<T, Memory> parameters() = 0;
-  //! Ties the token tables' gradients: after the optimizer is built, undone before it is destroyed (see
-  //! gpt::TiedEmbedding).
-  virtual void tie() = 0;
-  virtual void untie() = 0;
-  //! A training step, its tied gradients summed.
-  virtual pp::StepResult train_step(std::span<const pp::Microbatch<Memory>> mbs) = 0;
-  //! The statistics of a global batch (the same on every rank).
-  virtual gpt::EvalStats evaluate(std::span<const pp::Microbatch<Memory>> mbs) = 0;
-  [[nodiscard]] virtual const pp::Recording& recording() const = 0;
-};
-
-//! `gpt::Pipeline<S, Mesh, B, T>` and its `gpt::TiedEmbedding` as a `Pipeline`.
-template <class S, class Mesh, class B, class T>
-class PipelineOf final : public Pipeline<B, T> {
- public:
-  using Memory = typename B::Memory;
-  PipelineOf(Mesh& mesh, const Plan& plan)
-      : mesh_(&mesh),
-        pipeline_(mesh, gpt::make_chunks<S, B, T>(mesh, plan.model),
-                  {.microbatches = plan.microbatches, .ignore_index = gpt::ignore_index, .record = plan.record()}) {}
-  px::nn::ParameterList<T, Memory> parameters() override { return pipeline_.parameters(); }
-  void tie() override { tie_.emplace(*mesh_, pipeline_); }
-  void untie() override { tie_.reset(); }
-  pp::StepResult train_step(std::span<const pp::Microbatch<Memory>> mbs) override {
-    const pp::StepResult r = pipeline_.train_step(mbs);
-    tie_->sync();
-    return r;
-  }
-  gpt::EvalStats evaluate(std::span<const pp::Microbatch<Memory>> mbs) override {
-    return gpt::evaluate(*mesh_, pipeline_, mbs);
-  }
-  const pp::Recording& recording() const override { return pipeline_.recording(); }
-
- private:
-  Mesh* mesh_;
-  gpt::Pipeline<S, Mesh, B, T> pipeline_;
-  std::optional<gpt::TiedEmbedding<Mesh, B, T>> tie_;
-};
-
-//! This rank's pipeline of the plan's schedule.
-template <class Mesh, class B, class T>
-std::unique_ptr<Pipeline<B, T>> make_pipeline(Mesh& mesh, const Plan& plan) {
-  std::unique_ptr<Pipeline<B, T>> p;
-  with_schedule(plan.options.schedule, [&]<class S>() { p = std::make_unique<PipelineOf<S, Mesh, B, T>>(mesh, plan); });
-  return p;
-}
-
-//! The statistics of `d` evaluated in batches of `batch` sequences (the same on every rank).
-template <class Mesh, class B, class T>
-gpt::EvalStats evaluate(Mesh& mesh, Pipeline<B, T>& pipeline, const gpt::Dataset& d, const Plan& plan) {
-  gpt::EvalStats total;
-  for (std::int64_t i = 0; i < gpt::eval_batches(d, plan.options.batch); ++i) {
-    const Microbatches<B> mbs(px::mesh_rank<B>(mesh), gpt::eval_batch(d, i, plan.options.batch), mesh.dp_rank(),
-                              mesh.dp_size(), plan.microbatches);
-    total += pipeline.evaluate(mbs.views);
-  }
-  return total;
-}
-
-//! The weights as `opt` holds them (gathered under ZeRO-3), written to `path` with Hugging Face's names.
-template <class Mesh, class B, class T>
-void save(Mesh& mesh, Optimizer<B, T>& opt, const px::nn::ParameterList<T, typename B::Memory>& params,
-          const std::string& path) {
-  std::deque<px::nn::Parameter<T, typename B::Memory>> copies;
-  px::nn::ParameterList<T, typename B::Memory> list;
-  for (const auto* p : params) {
-    const std::vector<T> value = opt.value(*p);
-    auto& copy = copies.emplace_back(px::mesh_rank<B>(mesh).allocator(), p->spec());
-    px::copy_from(copy.value(), std::span<const T>(value));
-    list.push_back(&copy);
-  }
-  px::checkpoint::save(mesh, list, path, gpt::hf_names());
-}
-
-//! One rank's run on `mesh`.
-template <class Mesh, class B, class T>
-void train(Mesh& mesh, const Plan& plan, Report& report) {
-  const Options& o = plan.options;
-  px::Rank<B>& rank = px::mesh_rank<B>(mesh);
-  if (rank.id() == 0) report.mesh_type = mesh.name();
-  const std::unique_ptr<Pipeline<B, T>> pipeline = make_pipeline<Mesh, B, T>(mesh, plan);
-  const auto params = pipeline->parameters();
-  if (!o.load.empty()) px::checkpoint::load(mesh, params, o.load, gpt::hf_names());
-  if (mesh.dp_rank() == 0 && mesh.tp_rank() == 0)
-    for (const auto* p : params)
-      if (p->name() != gpt::head_weight)
-        report.parameters[static_cast<std::size_t>(rank.id())] += p->spec().global.numel();
-
-  const auto barrier = [&] { mesh.world().barrier(); };
-  barrier();
-  if (rank.id() == 0) {
-    std::int64_t total = 0;
-    for (const std::int64_t n : report.parameters) total += n;
-    print_header(plan, report, total);
-  }
-  const auto started = Clock::now();
-  if (o.eval_only) {
-    (void)take_peaks(rank.memory(), report, rank.id());
-    const gpt::EvalStats s = evaluate(mesh, *pipeline, plan.eval, plan);
-    (void)take_peaks(rank.memory(), report, rank.id());
-    if (rank.id() == 0) {
-      report.eval = s;
-      report.seconds = std::chrono::duration<double>(Clock::now() - started).count();
-    }
-    return;
-  }
-
-  const px::optim::WarmupCosine lr{.peak = o.lr, .min = o.lr / 10, .warmup_steps = plan.warmup, .total_steps = o.steps};
-  const auto opt =
-      make_optimizer<Mesh, B, T>(o.zero, mesh, params, {.lr = o.lr, .weight_decay = o.weight_decay},
-                                 {.accumulation = plan.microbatches, .clip_norm = o.clip, .lr_schedule = lr});
-  pipeline->tie();
-  struct Untie {
-    Pipeline<B, T>& p;
-    ~Untie() { p.untie(); }
-  } untie{*pipeline};
-  (void)take_peaks(rank.memory(), report, rank.id());  // the model and the optimizer's state
-
-  for (int step = 0; step < o.steps; ++step) {
-    const auto t0 = Clock::now();
-    const Microbatches<B> mbs(rank, gpt::train_batch(plan.train, step, o.batch), mesh.dp_rank(), mesh.dp_size(),
-                              plan.microbatches);
-    const pp::StepResult r = pipeline->train_step(mbs.views);
-    const px::optim::StepReport u = opt->step();
-    report.step_peak[static_cast<std::size_t>(step)][static_cast<std::size_t>(rank.id())] =
-        take_peaks(rank.memory(), report, rank.id());
-    barrier();
-    if (rank.id() != 0) continue;
-    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    report.steps.push_back({.loss = r.loss,
-                            .ms = 1e3 * seconds,
-                            .tokens_per_s = double(o.batch * plan.model.seq) / seconds,
-                            .grad_norm = u.grad_norm,
-                            .lr = u.lr,
-                            .skipped = u.skipped});
-    print_step(plan, report, step, std::chrono::duration<double>(Clock::now() - started).count());
-  }
-  if (rank.id() == 0 && plan.record()) report.recording = pipeline->recording();
-
-  const gpt::EvalStats s = evaluate(mesh, *pipeline, plan.eval, plan);
-  if (rank.id() == 0) report.eval = s;
-  if (!o.save.empty()) save(mesh, *opt, params, o.save);
-  (void)take_peaks(rank.memory(), report, rank.id());
-  if (rank.id() == 0) report.seconds = std::chrono::duration<double>(Clock::now() - started).count();
-}
-
-//! Runs the plan on its ranks.
+//! Runs the plan on its ranks: the rank loop instantiated for its mesh type and storage type.
 void run(const Plan& plan, Report& report) {
   with_precision(plan.options.precision, [&]<class T>() {
-    px::launch<Backend>(plan.ranks(), [&](px::Rank<Backend>& rank) {
-      with_mesh(plan.mesh, rank, [&]<class Mesh>(Mesh& mesh) { train<Mesh, Backend, T>(mesh, plan, report); });
-    });
+    if (std::is_same_v<T, float> && plan.mesh == static_shape)
+      run_ranks<MeshType::fixed, float>(plan, report);
+    else
+      run_ranks<MeshType::dynamic, T>(plan, report);
   });
 }
 
@@ -882,7 +433,64 @@ void print_summary(const Plan& plan, const Report& report) {
 
 }  // namespace
 
+//! (train_gpt.hpp)
+void print_header(const Plan& plan, const Report& report, std::int64_t parameters) {
+  const Options& o = plan.options;
+  const gpt::Config& c = plan.model;
+  fmt::print("{}: GPT-2 {} layers x dim {} x {} heads, vocab {}, seq {}{}: {:.2f} M parameters{}\n", program,
+             c.layers, c.dim, c.heads, c.vocab, c.seq,
+             c.max_positions() == c.seq ? "" : fmt::format(" (of {} positions)", c.max_positions()),
+             double(parameters) / 1e6,
+             o.load.empty() ? "" : fmt::format(" from '{}'", o.load));
+  fmt::print(
+      "mesh DP {} x PP {} x TP {} = {} {} rank{} ({}){}{} | ZeRO-{} | {} schedule, {} microbatch{} per DP rank | "
+      "{}\n",
+      o.dp, o.pp, o.tp, plan.ranks(), Backend::name, plan.ranks() == 1 ? "" : "s", report.mesh_type,
+      c.sequence_parallel ? " | sequence parallel" : "", c.checkpoint ? " | recompute" : "", o.zero, o.schedule,
+      plan.microbatches, plan.microbatches == 1 ? "" : "es", o.precision);
+  if (!o.eval_only)
+    fmt::print("data: {} | batch {} sequences ({} tokens) | {} steps of AdamW, lr {:.1e} (warmup {}, cosine)\n",
+               plan.data_name, o.batch, o.batch * c.seq, o.steps, o.lr, plan.warmup);
+  std::fflush(stdout);
+}
+
+//! (train_gpt.hpp)
+void print_step(const Plan& plan, const Report& report, int step, double elapsed) {
+  static const bool terminal = isatty(fileno(stdout)) != 0;
+  const StepFigures& f = report.steps.back();
+  const int steps = plan.options.steps, done = step + 1;
+  const bool log = done == 1 || done == steps || done % plan.log_every == 0;
+  if (log) {
+    fmt::print("{}step {:>{}}/{}  loss {:.4f}{}  lr {:.2e}  {:7.1f} ms  {:8.0f} tok/s  peak MiB/rank {}\n",
+               terminal ? "\r\033[K" : "", done, fmt::formatted_size("{}", steps), steps, f.loss,
+               f.skipped ? " (skipped: non-finite gradient)" : "", f.lr, f.ms, f.tokens_per_s,
+               per_rank_mib(report.step_peak[static_cast<std::size_t>(step)]));
+  } else if (terminal) {
+    constexpr int width = 30;
+    const int filled = done * width / steps;
+    fmt::print("\r\033[K[{}{}] {}/{}  loss {:.4f}  eta {}", std::string(static_cast<std::size_t>(filled), '#'),
+               std::string(static_cast<std::size_t>(width - filled), '.'), done, steps, f.loss,
+               duration(elapsed / done * (steps - done)));
+  }
+  std::fflush(stdout);
+}
+
+//! (train_gpt.hpp)
+std::size_t take_peaks(px::MemoryStats& m, Report& report, int id) {
+  const auto r = static_cast<std::size_t>(id);
+  for (int c = 0; c < px::memory_category_count; ++c)
+    report.peak_by_category[r][static_cast<std::size_t>(c)] =
+        std::max(report.peak_by_category[r][static_cast<std::size_t>(c)], m.peak(static_cast<px::MemoryCategory>(c)));
+  const std::size_t total = m.peak_total();
+  report.peak[r] = std::max(report.peak[r], total);
+  m.reset_peaks();
+  return total;
+}
+
+}  // namespace train_gpt
+
 int main(int argc, char** argv) {
+  using namespace train_gpt;
   const std::span<char*> args(argv + 1, static_cast<std::size_t>(argc - 1));
   if (std::find_if(args.begin(), args.end(), [](const char* a) {
         return std::string_view(a) == "--help" || std::string_view(a) == "-h";
@@ -908,3 +516,4 @@ int main(int argc, char** argv) {
   }
   return 0;
 }
+
