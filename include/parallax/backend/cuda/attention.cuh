@@ -1,5 +1,6 @@
 // parallax/backend/cuda/attention.cuh — causal multi-head attention core (softmax(q k^T) v) on the GPU: tiled,
-// online softmax, no T x T matrix in memory; forward and a deterministic backward (nvcc).
+// online softmax, no T x T matrix in memory; forward and a deterministic backward, on the tensor cores for bf16/fp16
+// with head dim 64 or 128 (flash_attention.cuh), SIMT kernels otherwise (nvcc).
 #pragma once
 
 #include <cstddef>
@@ -21,6 +22,7 @@
 #include "detail/kernel_args.hpp"
 #include "detail/scratch.hpp"
 #include "elementwise.cuh"
+#include "flash_attention.cuh"
 #include "memory.hpp"
 
 namespace parallax::cuda {
@@ -252,18 +254,14 @@ __global__ void __launch_bounds__(attn_warps * 32)
     }
 }
 
-//! Launches an attention kernel over (B * H) x (row tiles of attn_warps) blocks with `floats` of dynamic shared
-//! memory (opting in above the 48 KiB default); the kernel takes `args..., nt, tiles, dh, scale`.
+//! Launches a SIMT attention kernel over (B * H) x (row tiles of attn_warps) blocks with `floats` of dynamic shared
+//! memory; the kernel takes `args..., nt, tiles, dh, scale`.
 template <class Kernel, class... A>
 void launch_attention(const Context& ctx, Kernel kernel, std::int64_t heads, std::int64_t nt, int dh, float scale,
                       std::size_t floats, const char* what, A... args) {
   const std::int64_t tiles = (nt + attn_warps - 1) / attn_warps;
-  const std::size_t bytes = floats * sizeof(float);
-  if (bytes > 48 * 1024)
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), what);
-  kernel<<<static_cast<unsigned>(heads * tiles), attn_warps * 32, bytes, ctx.stream()>>>(args..., nt, tiles, dh,
-                                                                                       scale);
-  check_launch(what);
+  launch_with_smem(ctx, kernel, heads * tiles, attn_warps * 32, floats * sizeof(float), what, args..., nt, tiles, dh,
+                   scale);
 }
 
 }  // namespace detail
@@ -274,11 +272,17 @@ void launch_attention(const Context& ctx, Kernel kernel, std::int64_t heads, std
 //! q, k, v, out are [B, H, T, Dh] (storage T, fp32 math); lse is [B, H, T] fp32. Same functions, arguments, checks
 //! and results as `host::Attention` (up to fp32 rounding); queued on the context's compute stream.
 //!
-//! Tiled like flash attention, without a T x T matrix anywhere: a block takes 8 query rows of one (b, h), a
-//! warp per row, and streams the keys and values through shared memory 32 at a time with an online softmax.
-//! The backward recomputes P from lse in two kernels: dq per query tile looping over key tiles, dk and dv per
-//! key tile looping over query tiles, each row summed in order by one warp (deterministic, no atomics).
-//! Head dimensions up to 256 (`Dh` per lane in registers); larger ones throw.
+//! Flash attention, without a T x T matrix anywhere. bf16 and fp16 with head dim 64 or 128 (16-byte aligned
+//! operands, an sm_80 or later device with room for the tiles) run on the tensor cores (FlashAttention-2 style,
+//! `flash_attention.cuh`): a block takes 128 query rows, 16 a warp, and streams keys and values through shared
+//! memory 64 at a time (cp.async, two stages), mma.sync for Q K^T and P V, P rounded to the storage type for the
+//! second product; key tiles above the diagonal are skipped.
+//! Everything else runs SIMT kernels: a block takes 8 query rows of one (b, h), a warp per row, and streams the
+//! keys and values through shared memory 32 at a time with an online softmax (head dims up to 256, `Dh` per lane
+//! in registers; larger ones throw).
+//! Either backward recomputes P from lse in two kernels: dq per query tile looping over key tiles, dk and dv per
+//! key tile looping over query tiles, each output row summed in a fixed order by one warp (deterministic, no
+//! atomics: the same bits run to run).
 //! @code
 //! Attention::attention_forward(ctx, q, k, v, out, lse, 1.f / std::sqrt(float(dh)));
 //! Attention::attention_backward(ctx, q, k, v, out, dout, lse, scale, dq, dk, dv);
@@ -293,6 +297,14 @@ struct Attention {
                                                         std::pair{"v", v.shape()}, std::pair{"out", out.shape()});
     detail::expect_head_dim(op, dh);
     if (heads == 0 || tt == 0) return;
+    if constexpr (detail::MmaElement<T>) {
+      if (detail::flash_eligible(dh, q.data(), k.data(), v.data(), out.data()) &&
+          detail::flash_device_fits(ctx, dh)) {
+        detail::flash_attention_forward(ctx, q.data(), k.data(), v.data(), out.data(), lse.data(), heads, tt, dh,
+                                        scale, "cuda::Attention::attention_forward");
+        return;
+      }
+    }
     const int d = static_cast<int>(dh);
     const auto floats = static_cast<std::size_t>(detail::attn_tile * detail::padded(d) + detail::attn_tile * d +
                                                  detail::attn_warps * d);
@@ -322,6 +334,14 @@ struct Attention {
     detail::attention_delta_kernel<<<detail::elementwise_blocks(ctx, heads * tt), detail::elementwise_threads, 0,
                                      ctx.stream()>>>(out.data(), dout.data(), delta.get(), heads * tt, d);
     check_launch(what);
+    if constexpr (detail::MmaElement<T>) {
+      if (detail::flash_eligible(dh, q.data(), k.data(), v.data(), dout.data(), dq.data(), dk.data(), dv.data()) &&
+          detail::flash_device_fits(ctx, dh)) {
+        detail::flash_attention_backward(ctx, q.data(), k.data(), v.data(), dout.data(), lse.data(), delta.get(),
+                                         dq.data(), dk.data(), dv.data(), heads, tt, dh, scale, what);
+        return;
+      }
+    }
     const auto floats = static_cast<std::size_t>(2 * detail::attn_tile * detail::padded(d) +
                                                  2 * detail::attn_warps * d + 2 * detail::attn_tile);
     detail::launch_attention(ctx, detail::attention_dq_kernel<T>, heads, tt, d, scale, floats, what, q.data(),
