@@ -4,7 +4,10 @@
 #   NCCL_ROOT / $ENV{NCCL_ROOT}   an NCCL install prefix (include/nccl.h, lib/libnccl.so)
 #   NCCL_INCLUDE_DIR, NCCL_LIBRARY cache entries, to point at the files directly
 #   NCCL_USE_STATIC_LIBS           prefer libnccl_static.a
-# The CUDA toolkit directories (from find_package(CUDAToolkit), when already run) are searched too.
+# The CUDA toolkit directories (from find_package(CUDAToolkit), when already run) are searched too, and last the
+# NCCL of a Python wheel (nvidia-nccl-cu12/-cu13, which PyTorch installs): site-packages/nvidia/nccl/{include,lib},
+# found by asking NCCL_PYTHON_EXECUTABLE (default: python3 on PATH) where `nvidia.nccl` is. Its library is only
+# libnccl.so.2, a name searched after nccl and nccl_static.
 #
 # Outputs:
 #   NCCL_FOUND, NCCL_VERSION (MAJOR.MINOR.PATCH from nccl.h), NCCL_INCLUDE_DIRS, NCCL_LIBRARIES
@@ -35,23 +38,38 @@ foreach(_nccl_cuda IN ITEMS "$ENV{CUDA_HOME}" "$ENV{CUDA_PATH}" /usr/local/cuda)
   endif()
 endforeach()
 
+# The Python wheel's directory, searched after everything else.
+set(_nccl_wheel "")
+if(NOT NCCL_INCLUDE_DIR OR NOT NCCL_LIBRARY)
+  find_program(NCCL_PYTHON_EXECUTABLE NAMES python3 python DOC "Python asked where a wheel's NCCL is")
+  mark_as_advanced(NCCL_PYTHON_EXECUTABLE)
+  if(NCCL_PYTHON_EXECUTABLE)
+    execute_process(COMMAND "${NCCL_PYTHON_EXECUTABLE}" -c "import nvidia.nccl; print(list(nvidia.nccl.__path__)[0])"
+                    OUTPUT_VARIABLE _nccl_wheel_dir OUTPUT_STRIP_TRAILING_WHITESPACE
+                    RESULT_VARIABLE _nccl_wheel_rc ERROR_QUIET)
+    if(_nccl_wheel_rc EQUAL 0 AND IS_DIRECTORY "${_nccl_wheel_dir}")
+      set(_nccl_wheel "${_nccl_wheel_dir}")
+    endif()
+  endif()
+endif()
+
 find_path(NCCL_INCLUDE_DIR
   NAMES nccl.h
   HINTS ${_nccl_hints}
   PATH_SUFFIXES include
-  PATHS ${_nccl_include_paths}
+  PATHS ${_nccl_include_paths} ${_nccl_wheel}
   DOC "Directory holding nccl.h")
 
 if(NCCL_USE_STATIC_LIBS)
-  set(_nccl_names nccl_static nccl)
+  set(_nccl_names nccl_static nccl libnccl.so.2)
 else()
-  set(_nccl_names nccl nccl_static)
+  set(_nccl_names nccl nccl_static libnccl.so.2)
 endif()
 find_library(NCCL_LIBRARY
   NAMES ${_nccl_names}
   HINTS ${_nccl_hints}
   PATH_SUFFIXES lib64 lib lib/x86_64-linux-gnu lib/aarch64-linux-gnu
-  PATHS ${_nccl_library_paths}
+  PATHS ${_nccl_library_paths} ${_nccl_wheel}
   DOC "The NCCL library")
 
 if(NCCL_INCLUDE_DIR AND EXISTS "${NCCL_INCLUDE_DIR}/nccl.h")
@@ -95,3 +113,6 @@ unset(_nccl_include_paths)
 unset(_nccl_library_paths)
 unset(_nccl_names)
 unset(_nccl_version_lines)
+unset(_nccl_wheel)
+unset(_nccl_wheel_dir)
+unset(_nccl_wheel_rc)
