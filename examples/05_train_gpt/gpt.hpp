@@ -8,7 +8,8 @@
 //   h.<i>.mlp.fc.* [4D, D], h.<i>.mlp.proj.* [D, 4D]                        the stage's layers (pp::layers_of)
 //   ln_f.weight, ln_f.bias, lm_head.weight [V, D]                             the last virtual stage
 // `lm_head.weight` is the LM head's copy of the token table: it starts equal to `embed.token.weight` and
-// `TiedEmbedding` keeps the two equal by summing their gradients; `hf_names()` maps all of them to GPT-2's names.
+// `TiedEmbedding` keeps the two equal by summing their gradients, and gradient norms count the table once (the head's
+// copy is a `shared_copy`); `hf_names()` maps all of them to GPT-2's names.
 #pragma once
 
 #include <algorithm>
@@ -200,6 +201,7 @@ class Stage {
                                                   .init_std = c.init_std, .seed = c.seed, .name = "lm_head"});
       auto& w = head_->weight();
       px::nn::init_shard(w.value(), w.spec(), px::init::normal(c.init_std, px::nn::seed_for(c.seed, token_table)));
+      w.set_shared_copy(true);  // the token table, counted once in the gradient norm (TiedEmbedding)
       loss_.emplace(mesh, c.vocab, px::tp::VocabParallelCrossEntropyOptions{.ignore_index = ignore_index});
     }
   }

@@ -1,5 +1,5 @@
-// Global-norm clipping: the norm over DP shards, TP shards (TP-replicated tensors counted once) equals the
-// single-rank norm; clipped training matches one rank.
+// Global-norm clipping: the norm over DP shards, TP shards (TP-replicated tensors counted once, shared copies of
+// tied weights not at all) equals the single-rank norm; clipped training matches one rank.
 #include <parallax/optim/clip_grad_norm.hpp>
 #include <parallax/tp/parallel_mlp.hpp>
 
@@ -81,6 +81,42 @@ TEMPLATE_TEST_CASE("ShardedOptimizer's norm over DP x TP shards equals the singl
   px::launch<B>(4, [&](px::Rank<B>& rank) {
     Dp2Tp2 mesh(rank);
     TpMlp<Dp2Tp2> mlp(mesh, dim, tp_hidden, {.init_std = 0.5f, .proj_init_std = 0.5f});
+    px::optim::ShardedOptimizer<px::optim::AdamW, TestType, Dp2Tp2, B> opt(mesh, mlp.parameters(), {},
+                                                                           {.bucket_bytes = 24 * sizeof(float)});
+    run_tp(mlp, mesh.dp_rank());
+    norms[static_cast<std::size_t>(rank.id())] = opt.step().grad_norm;
+  });
+  for (double n : norms) CHECK(n == Approx(want).epsilon(1e-6));
+}
+
+TEMPLATE_TEST_CASE("A shared copy of a tied weight is left out of the global norm", "[optim][sharded][clip][tied]",
+                   px::Zero<0>, px::Zero<1>, px::Zero<2>, px::Zero<3>) {
+  // One rank: the norm without the squares of the parameter marked as a shared copy.
+  double want = 0, plain = 0, without_copy = 0;
+  using One = px::DeviceMesh<1, 1, 1>;
+  px::launch<B>(1, [&](px::Rank<B>& rank) {
+    One mesh(rank);
+    TpMlp<One> mlp(mesh, dim, tp_hidden, {.init_std = 0.5f, .proj_init_std = 0.5f});
+    run_tp(mlp, 0);
+    run_tp(mlp, 1);
+    const auto params = mlp.parameters();
+    plain = px::optim::global_grad_norm<B>(mesh, params);
+    double sq = 0;
+    for (auto* p : params)
+      if (p != params.front()) sq += B::sum_squares(rank.context(), px::View<const float, Mem>(p->grad()));
+    want = std::sqrt(sq);
+    params.front()->set_shared_copy(true);
+    without_copy = px::optim::global_grad_norm<B>(mesh, params);
+  });
+  CHECK(without_copy == Approx(want).epsilon(1e-12));
+  REQUIRE(plain > want * 1.01);  // the copy's gradient is not negligible, so leaving it out shows
+  // DP 2 x TP 2 under every ZeRO stage: the optimizer's norm leaves the copy out too.
+  using Dp2Tp2 = px::DeviceMesh<2, 1, 2>;
+  std::vector<double> norms(4);
+  px::launch<B>(4, [&](px::Rank<B>& rank) {
+    Dp2Tp2 mesh(rank);
+    TpMlp<Dp2Tp2> mlp(mesh, dim, tp_hidden, {.init_std = 0.5f, .proj_init_std = 0.5f});
+    mlp.parameters().front()->set_shared_copy(true);
     px::optim::ShardedOptimizer<px::optim::AdamW, TestType, Dp2Tp2, B> opt(mesh, mlp.parameters(), {},
                                                                            {.bucket_bytes = 24 * sizeof(float)});
     run_tp(mlp, mesh.dp_rank());

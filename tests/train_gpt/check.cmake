@@ -5,8 +5,8 @@
 #
 # MODE
 #   run       exit 0; with JSON=<file> (passed as --json) the report is checked: mesh, steps, eval and one peak
-#             per rank; with EXPECT=<regex> the output must match it; with FIRST_LOSS=<x> the first step's loss
-#             equals x within TOLERANCE_PPM.
+#             per rank; with EXPECT=<regex> the output must match it; with FIRST_LOSS=<x> the first step's loss,
+#             and with FIRST_GRAD_NORM=<x> its gradient norm, equals x within TOLERANCE_PPM.
 #   parity    as run, then each step's loss equals REFERENCE's (a JSON report of the same steps) within
 #             TOLERANCE_PPM parts per million of it, and so do the eval losses.
 #   eval      as run (with JSON), then the eval loss equals EXPECTED_LOSS, or the eval loss of the report
@@ -179,6 +179,10 @@ elseif(MODE STREQUAL "run")
   if(DEFINED FIRST_LOSS)
     string(JSON _got GET "${_json}" steps 0 loss)
     _expect_close("loss of step 1" "${_got}" "${FIRST_LOSS}" "${TOLERANCE_PPM}")
+  endif()
+  if(DEFINED FIRST_GRAD_NORM)
+    string(JSON _got GET "${_json}" steps 0 grad_norm)
+    _expect_close("gradient norm of step 1" "${_got}" "${FIRST_GRAD_NORM}" "${TOLERANCE_PPM}")
   endif()
 else()
   message(FATAL_ERROR "check.cmake: MODE '${MODE}' is not run, parity, eval or fail")

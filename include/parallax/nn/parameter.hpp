@@ -83,6 +83,12 @@ class Parameter {
   ParameterHooks<T, Space> set_hooks(ParameterHooks<T, Space> hooks) { return std::exchange(hooks_, std::move(hooks)); }
   [[nodiscard]] const ParameterHooks<T, Space>& hooks() const noexcept { return hooks_; }
 
+  //! Whether this parameter is a copy of another that ends every step with the same gradient (tied weights on two
+  //! pipeline stages, kept equal by summing their gradients): global gradient norms count the other one only, as
+  //! if the model held the weight once (Megatron's `shared` embedding on the last stage).
+  [[nodiscard]] bool shared_copy() const noexcept { return shared_copy_; }
+  void set_shared_copy(bool shared) noexcept { shared_copy_ = shared; }
+
   //! Sets the gradient to zero.
   void zero_grad() const {
     if (!grad_.empty()) Space::zero(grad_.data(), grad_.bytes());
@@ -111,6 +117,7 @@ class Parameter {
   Tensor<T, Space> value_store_, grad_store_;
   View<T, Space> value_, grad_;
   ParameterHooks<T, Space> hooks_;
+  bool shared_copy_ = false;
 };
 
 //! The parameters of a module, in a fixed order (the same on every rank of a replica group). The pointers

@@ -18,10 +18,12 @@ namespace parallax::optim {
 
 namespace detail {
 
-//! Whether this rank counts a gradient of spec `spec` in a global norm: a tensor split over TP on every TP
-//! rank (each holds a different piece), a tensor replicated over TP on TP rank 0 only (counted once).
-[[nodiscard]] inline bool counts_in_norm(const nn::ShardSpec& spec, int tp_rank) noexcept {
-  return spec.sharded() || tp_rank == 0;
+//! Whether this rank counts the gradient of `p` in a global norm: a tensor split over TP on every TP rank (each
+//! holds a different piece), a tensor replicated over TP on TP rank 0 only (counted once), a shared copy of a
+//! tied weight nowhere (its original is counted).
+template <FloatElement T, MemorySpace Space>
+[[nodiscard]] bool counts_in_norm(const nn::Parameter<T, Space>& p, int tp_rank) noexcept {
+  return !p.shared_copy() && (p.spec().sharded() || tp_rank == 0);
 }
 
 //! PyTorch's clipping coefficient min(1, max_norm / (norm + 1e-6)); 1 when clipping is off (max_norm <= 0)
@@ -44,7 +46,8 @@ template <MemorySpace Space>
 }  // namespace detail
 
 //! The L2 norm of all gradients of a model laid out on `mesh`: the square root of the sum of squares over
-//! every parameter of every TP shard and every PP stage, with a parameter replicated across TP counted once.
+//! every parameter of every TP shard and every PP stage, with a parameter replicated across TP counted once and
+//! shared copies of tied weights (`Parameter::shared_copy`) not at all.
 //! The gradients must be replicated over DP (reduced): for ZeRO-sharded gradients the `ShardedOptimizer`
 //! computes the norm itself (over the DP shards too). Collective over `mesh.model_parallel()`. Sums are
 //! formed in fp64; a NaN or infinite gradient gives a non-finite norm.
@@ -58,7 +61,7 @@ template <Backend B, class Mesh, FloatElement T>
   double local = 0;
   for (const auto* p : params) {
     if (p == nullptr) throw Error("global_grad_norm: a parameter is null", rank.id());
-    if (detail::counts_in_norm(p->spec(), mesh.tp_rank()))
+    if (detail::counts_in_norm(*p, mesh.tp_rank()))
       local += B::sum_squares(rank.context(), View<const T, typename B::Memory>(p->grad()));
   }
   return std::sqrt(detail::sum_over(rank.allocator(), mesh.model_parallel(), local));

@@ -93,7 +93,7 @@ class ShardedBase {
 //!
 //! Per step (`step()` after the microbatches' backwards): wait for the bucket reductions; the global
 //! gradient norm over every shard on every axis (DP shards, TP shards, PP stages; parameters replicated
-//! across TP counted once), one fp64 all-reduce over the world; a NaN or infinite gradient anywhere makes
+//! across TP counted once, shared copies of tied weights not at all), one fp64 all-reduce over the world; a NaN or infinite gradient anywhere makes
 //! that sum non-finite, so every rank skips the step (and a loss scaler backs off); otherwise the rule
 //! updates this rank's part of the fp32 master weights with grad_scale = clip coefficient / loss scale,
 //! the parameters are set from them (rounded to T) and, under ZeRO-1/2, all-gathered. Then the gradients
@@ -237,7 +237,7 @@ class ShardedOptimizer<R, Z, Mesh, B>::Impl final : public detail::ShardedBase {
       const std::int64_t base = layout.slice_offset(b, me);
       layout.for_each_piece(b, base, base + owned.numel(),
                             [&](std::size_t i, std::int64_t, std::int64_t at, std::int64_t len) {
-                              if (detail::counts_in_norm(buckets_.parameters()[i]->spec(), mesh_->tp_rank()))
+                              if (detail::counts_in_norm(*buckets_.parameters()[i], mesh_->tp_rank()))
                                 local += B::sum_squares(ctx, owned.rows(at - base, at - base + len));
                             });
     }
