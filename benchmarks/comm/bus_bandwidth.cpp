@@ -63,30 +63,18 @@ const parallax::bench::Cli cli("bus_bandwidth",
 
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) cli.usage(fmt::format("{} needs a value", a));
-      return argv[++i];
-    };
-    if (a == "--ranks") {
-      o.ranks = cli.positives(a, next());
-    } else if (a == "--ops") {
-      o.ops = parallax::bench::Cli::split(next());
-      for (const auto& op : o.ops)
-        if (op != "all_reduce" && op != "reduce_scatter" && op != "all_gather") cli.usage(fmt::format("unknown op {}", op));
-    } else if (a == "--min-bytes") {
-      o.min_bytes = cli.positive(a, next());
-    } else if (a == "--max-bytes") {
-      o.max_bytes = cli.positive(a, next());
-    } else if (a == "--json") {
-      o.json = next();
-    } else if (a == "--help" || a == "-h") {
-      cli.usage("help");
-    } else {
-      cli.usage(fmt::format("unknown argument {}", a));
-    }
-  }
+  cli.parse(argc, argv,
+            {{"--ranks", [&](const std::string& v) { o.ranks = cli.positives("--ranks", v); }},
+             {"--ops",
+              [&](const std::string& v) {
+                o.ops = parallax::bench::Cli::split(v);
+                for (const auto& op : o.ops)
+                  if (op != "all_reduce" && op != "reduce_scatter" && op != "all_gather")
+                    cli.usage(fmt::format("unknown op {}", op));
+              }},
+             {"--min-bytes", [&](const std::string& v) { o.min_bytes = cli.positive("--min-bytes", v); }},
+             {"--max-bytes", [&](const std::string& v) { o.max_bytes = cli.positive("--max-bytes", v); }},
+             {"--json", [&](const std::string& v) { o.json = v; }}});
   if (o.ranks.empty() || o.ops.empty()) cli.usage("empty --ranks or --ops");
   return o;
 }

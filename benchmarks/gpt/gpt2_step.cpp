@@ -104,49 +104,28 @@ double positive_real(const std::string& flag, const std::string& s) {
 
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) cli.usage(fmt::format("{} needs a value", a));
-      return argv[++i];
-    };
-    if (a == "--layers") {
-      o.layers = cli.positive(a, next());
-    } else if (a == "--dim") {
-      o.dim = cli.positive(a, next());
-    } else if (a == "--heads") {
-      o.heads = cli.positive(a, next());
-    } else if (a == "--seq") {
-      o.seq = cli.positive(a, next());
-    } else if (a == "--vocab") {
-      o.vocab = cli.positive(a, next());
-    } else if (a == "--batch") {
-      o.batch = cli.positive(a, next());
-    } else if (a == "--microbatches") {
-      o.microbatches = cli.positive(a, next());
-    } else if (a == "--steps") {
-      o.steps = static_cast<int>(cli.positive(a, next()));
-    } else if (a == "--warmup-steps") {
-      const std::string v = next();
-      o.warmup = v == "0" ? 0 : static_cast<int>(cli.positive(a, v));
-    } else if (a == "--precision") {
-      o.precision = next();
-      if (o.precision != "fp32" && o.precision != "bf16")
-        cli.usage(fmt::format("--precision {}: not fp32 or bf16", o.precision));
-    } else if (a == "--lr") {
-      o.lr = static_cast<float>(positive_real(a, next()));
-    } else if (a == "--peak-tflops") {
-      o.peak_tflops = positive_real(a, next());
-    } else if (a == "--no-kernels") {
-      o.kernels = false;
-    } else if (a == "--json") {
-      o.json = next();
-    } else if (a == "--help" || a == "-h") {
-      cli.usage("help");
-    } else {
-      cli.usage(fmt::format("unknown argument {}", a));
-    }
-  }
+  cli.parse(argc, argv,
+            {{"--layers", [&](const std::string& v) { o.layers = cli.positive("--layers", v); }},
+             {"--dim", [&](const std::string& v) { o.dim = cli.positive("--dim", v); }},
+             {"--heads", [&](const std::string& v) { o.heads = cli.positive("--heads", v); }},
+             {"--seq", [&](const std::string& v) { o.seq = cli.positive("--seq", v); }},
+             {"--vocab", [&](const std::string& v) { o.vocab = cli.positive("--vocab", v); }},
+             {"--batch", [&](const std::string& v) { o.batch = cli.positive("--batch", v); }},
+             {"--microbatches", [&](const std::string& v) { o.microbatches = cli.positive("--microbatches", v); }},
+             {"--steps", [&](const std::string& v) { o.steps = static_cast<int>(cli.positive("--steps", v)); }},
+             {"--warmup-steps",
+              [&](const std::string& v) {
+                o.warmup = v == "0" ? 0 : static_cast<int>(cli.positive("--warmup-steps", v));
+              }},
+             {"--precision",
+              [&](const std::string& v) {
+                if (v != "fp32" && v != "bf16") cli.usage(fmt::format("--precision {}: not fp32 or bf16", v));
+                o.precision = v;
+              }},
+             {"--lr", [&](const std::string& v) { o.lr = static_cast<float>(positive_real("--lr", v)); }},
+             {"--peak-tflops", [&](const std::string& v) { o.peak_tflops = positive_real("--peak-tflops", v); }},
+             {"--no-kernels", [&] { o.kernels = false; }},
+             {"--json", [&](const std::string& v) { o.json = v; }}});
   if (o.batch % o.microbatches != 0)
     cli.usage(fmt::format("--batch {} does not split into --microbatches {}", o.batch, o.microbatches));
   return o;

@@ -70,34 +70,15 @@ const parallax::bench::Cli cli("zero_step",
 
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) cli.usage(fmt::format("{} needs a value", a));
-      return argv[++i];
-    };
-    if (a == "--dp") {
-      o.dp = static_cast<int>(cli.positive(a, next()));
-    } else if (a == "--layers") {
-      o.layers = static_cast<int>(cli.positive(a, next()));
-    } else if (a == "--dim") {
-      o.dim = cli.positive(a, next());
-    } else if (a == "--rows") {
-      o.rows = cli.positive(a, next());
-    } else if (a == "--bucket-kib") {
-      o.bucket_kib = cli.positive(a, next());
-    } else if (a == "--iters") {
-      o.iters = static_cast<int>(cli.positive(a, next()));
-    } else if (a == "--bf16") {
-      o.bf16 = true;
-    } else if (a == "--json") {
-      o.json = next();
-    } else if (a == "--help" || a == "-h") {
-      cli.usage("help");
-    } else {
-      cli.usage(fmt::format("unknown argument {}", a));
-    }
-  }
+  cli.parse(argc, argv,
+            {{"--dp", [&](const std::string& v) { o.dp = static_cast<int>(cli.positive("--dp", v)); }},
+             {"--layers", [&](const std::string& v) { o.layers = static_cast<int>(cli.positive("--layers", v)); }},
+             {"--dim", [&](const std::string& v) { o.dim = cli.positive("--dim", v); }},
+             {"--rows", [&](const std::string& v) { o.rows = cli.positive("--rows", v); }},
+             {"--bucket-kib", [&](const std::string& v) { o.bucket_kib = cli.positive("--bucket-kib", v); }},
+             {"--iters", [&](const std::string& v) { o.iters = static_cast<int>(cli.positive("--iters", v)); }},
+             {"--bf16", [&] { o.bf16 = true; }},
+             {"--json", [&](const std::string& v) { o.json = v; }}});
   return o;
 }
 

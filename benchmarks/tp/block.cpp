@@ -77,34 +77,15 @@ const parallax::bench::Cli cli("block",
 
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) cli.usage(fmt::format("{} needs a value", a));
-      return argv[++i];
-    };
-    if (a == "--tp") {
-      o.tp = cli.positives(a, next());
-    } else if (a == "--dim") {
-      o.dim = cli.positive(a, next());
-    } else if (a == "--heads") {
-      o.heads = cli.positive(a, next());
-    } else if (a == "--seq") {
-      o.seq = cli.positive(a, next());
-    } else if (a == "--batch") {
-      o.batch = cli.positive(a, next());
-    } else if (a == "--iters") {
-      o.iters = static_cast<int>(cli.positive(a, next()));
-    } else if (a == "--sp") {
-      o.sp = true;
-    } else if (a == "--json") {
-      o.json = next();
-    } else if (a == "--help" || a == "-h") {
-      cli.usage("help");
-    } else {
-      cli.usage(fmt::format("unknown argument {}", a));
-    }
-  }
+  cli.parse(argc, argv,
+            {{"--tp", [&](const std::string& v) { o.tp = cli.positives("--tp", v); }},
+             {"--dim", [&](const std::string& v) { o.dim = cli.positive("--dim", v); }},
+             {"--heads", [&](const std::string& v) { o.heads = cli.positive("--heads", v); }},
+             {"--seq", [&](const std::string& v) { o.seq = cli.positive("--seq", v); }},
+             {"--batch", [&](const std::string& v) { o.batch = cli.positive("--batch", v); }},
+             {"--iters", [&](const std::string& v) { o.iters = static_cast<int>(cli.positive("--iters", v)); }},
+             {"--sp", [&] { o.sp = true; }},
+             {"--json", [&](const std::string& v) { o.json = v; }}});
   if (o.tp.empty()) cli.usage("empty --tp");
   return o;
 }
