@@ -552,3 +552,66 @@ TEST_CASE("NcclCommunicator: two GPUs, one thread each, and a mismatch named on 
                         "rank 1 all_gather(fp32, 64)"));
   }
 }
+
+// ---------------------------------------------------------------------------------------------------------------------
+// The rank's memory cache (core/caching_allocator.hpp over cuda::Memory): tensors, kernel temporaries, streams.
+
+TEST_CASE("cuda: a rank's tensors and kernel temporaries come from its stream-ordered memory cache",
+          "[gpu][cuda][memory]") {
+  if (!gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  struct Seen {
+    bool wired = false, reused = false, other_stream_waits = false, other_stream_after = false;
+    std::size_t reserved = 0, live = 0, workspace_live = 0, workspace_after = 1, workspace_peak = 0;
+  } seen;
+  px::launch<CB>(1, [&](px::Rank<CB>& rank) {
+    cu::Context& ctx = rank.context();
+    auto& cache = ctx.memory_cache();
+    seen.wired = rank.allocator().cache() == &cache && cache.reporting_to() == &rank.memory();
+    void* first = nullptr;
+    {
+      px::Tensor<float, CMem> t(rank.allocator(), Shape{1000}, MemoryCategory::activations);
+      first = t.data();
+    }
+    px::Tensor<float, CMem> u(rank.allocator(), Shape{1000}, MemoryCategory::activations);
+    seen.reused = u.data() == first;
+    seen.reserved = rank.memory().reserved();
+    seen.live = rank.memory().live_total();
+    {
+      cu::detail::Scratch<float> s(ctx, 1000, "test scratch");
+      seen.workspace_live = rank.memory().live(MemoryCategory::workspace);
+    }
+    seen.workspace_after = rank.memory().live(MemoryCategory::workspace);
+    seen.workspace_peak = rank.memory().peak(MemoryCategory::workspace);
+
+    // Hold the compute stream for 200 ms behind a host function on another stream, and free a block there.
+    ctx.synchronize();
+    cu::Stream gate;
+    cu::check(cudaLaunchHostFunc(gate.get(), [](void*) { std::this_thread::sleep_for(std::chrono::milliseconds(200)); },
+                                 nullptr),
+              "cudaLaunchHostFunc");
+    cu::Event gated(cu::Timing::off);
+    gated.record(gate);
+    ctx.compute_stream().wait(gated);
+    void* p = cache.allocate(4096, "probe");
+    cache.deallocate(p);
+    void* q = cache.allocate(4096, ctx.comm_stream().get(), "probe");
+    seen.other_stream_waits = q != p;
+    cache.deallocate(q);
+    ctx.synchronize();
+    void* r = cache.allocate(4096, ctx.comm_stream().get(), "probe");
+    seen.other_stream_after = r == p;
+    cache.deallocate(r);
+  });
+  CHECK(seen.wired);
+  CHECK(seen.reused);
+  CHECK(seen.reserved == px::CachingAllocator<CMem>::small_segment);
+  CHECK(seen.live == 4000);
+  CHECK(seen.workspace_live == 4000);
+  CHECK(seen.workspace_after == 0);
+  CHECK(seen.workspace_peak == 4000);
+  CHECK(seen.other_stream_waits);
+  CHECK(seen.other_stream_after);
+}

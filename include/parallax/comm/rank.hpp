@@ -13,6 +13,9 @@ namespace parallax {
 //! One rank of an SPMD program on backend `B`: its id in the world, its execution context (stream,
 //! handles), its allocator with per-category byte accounting, and the world communicator.
 //! Created by `launch` (threads) or by a multi-process bootstrap; passed to the user's function.
+//!
+//! Where the context has a device memory cache (`cuda::Context::memory_cache()`), the allocator goes
+//! through it and the cache reports its reserved bytes to the rank's `MemoryStats`.
 //! @tparam B `host::Backend` or `cuda::Backend`.
 template <Backend B>
 class Rank {
@@ -21,7 +24,11 @@ class Rank {
   using Memory = typename B::Memory;
 
   Rank(int id, int size, Communicator world, typename B::Context context)
-      : id_(id), size_(size), context_(std::move(context)), allocator_(stats_, id), world_(std::move(world)) {}
+      : id_(id),
+        size_(size),
+        context_(std::move(context)),
+        allocator_(make_allocator(context_, stats_, id)),
+        world_(std::move(world)) {}
   Rank(const Rank&) = delete;
   Rank& operator=(const Rank&) = delete;
 
@@ -33,10 +40,19 @@ class Rank {
   [[nodiscard]] Communicator& world() noexcept { return world_; }
 
  private:
+  static Allocator<Memory> make_allocator(typename B::Context& context, MemoryStats& stats, int id) {
+    if constexpr (requires { context.memory_cache(); }) {
+      context.memory_cache().report_to(&stats);
+      return Allocator<Memory>(stats, id, context.memory_cache());
+    } else {
+      return Allocator<Memory>(stats, id);
+    }
+  }
+
   int id_;
   int size_;
+  MemoryStats stats_;  // declared before the context: it outlives the context's cache, which reports to it
   typename B::Context context_;
-  MemoryStats stats_;
   Allocator<Memory> allocator_;
   Communicator world_;
 };

@@ -10,9 +10,11 @@
 #include <cuda_runtime_api.h>
 #include <fmt/format.h>
 
+#include "../../core/caching_allocator.hpp"
 #include "../../error.hpp"
 #include "check.hpp"
 #include "device.hpp"
+#include "memory.hpp"
 #include "stream.hpp"
 
 namespace parallax::cuda {
@@ -54,7 +56,9 @@ inline constexpr std::size_t reduce_result_bytes = 64;
 
 //! What a rank's kernels run on with the CUDA backend: its GPU, a compute stream (kernels, GEMMs), a
 //! communication stream (NCCL), cuBLAS and cuBLASLt handles bound to the compute stream with a shared
-//! workspace, and scratch for reductions. Move-only; use it from one thread at a time.
+//! workspace, scratch for reductions, and the rank's device memory cache (a `CachingAllocator` over
+//! `cuda::Memory` whose default stream is the compute stream: a `Rank`'s tensors and the kernels'
+//! temporaries come from it). Move-only; use it from one thread at a time.
 //!
 //! Rank r uses device `r % device_count()` and makes it current on the constructing thread (so build
 //! the context on the rank's own thread, as `launch` does). Kernels are asynchronous on the compute
@@ -79,6 +83,7 @@ class Context {
     check(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device_), "cudaDeviceGetAttribute");
     compute_ = Stream();
     comm_ = Stream();
+    cache_ = std::make_unique<CachingAllocator<Memory>>(compute_.get(), rank, fmt::format("cuda device {}", device_));
 
     void* p = nullptr;
     if (options_.workspace_bytes > 0) {
@@ -115,6 +120,7 @@ class Context {
       (void)cudaStreamSynchronize(compute_.get());
       (void)cudaStreamSynchronize(comm_.get());
       (void)cudaGetLastError();
+      cache_.reset();
       cublaslt_.reset();
       cublas_.reset();
       result_.reset();
@@ -154,6 +160,10 @@ class Context {
   //! Pinned host slot a reduction's result is copied into (`detail::reduce_result_bytes`).
   [[nodiscard]] void* reduce_result() const noexcept { return result_.get(); }
 
+  //! The rank's device memory cache (blocks on the compute stream by default); `Rank` allocates its
+  //! tensors through it and makes it report to the rank's `MemoryStats`. `release_cached()` empties it.
+  [[nodiscard]] CachingAllocator<Memory>& memory_cache() const noexcept { return *cache_; }
+
   //! Makes this context's device current on the calling thread.
   void make_current() const { check(cudaSetDevice(device_), "cudaSetDevice"); }
   //! Waits for the work queued on the compute and the communication stream.
@@ -169,6 +179,7 @@ class Context {
   ContextOptions options_{};
   Stream compute_{Stream::null()};
   Stream comm_{Stream::null()};
+  std::unique_ptr<CachingAllocator<Memory>> cache_;  // a stable address for the allocators pointing at it
   std::unique_ptr<void, detail::CudaFree> workspace_;
   std::unique_ptr<void, detail::CudaFree> scratch_;
   std::unique_ptr<void, detail::CudaFreeHost> result_;

@@ -8,6 +8,7 @@
 #include "../host/memory.hpp"
 #include "check.hpp"
 #include "device.hpp"
+#include "stream.hpp"
 
 namespace parallax::cuda {
 
@@ -47,21 +48,35 @@ inline void copy_now(void* dst, const void* src, std::size_t bytes, cudaMemcpyKi
 
 }  // namespace detail
 
+//! The stream order of cached device memory (models `StreamOrder`): a block freed on a stream is reused
+//! by another once a CUDA event recorded on the first at free time has completed.
+struct StreamOrder {
+  using stream_type = cudaStream_t;
+  using event_type = Event;
+  //! An event on the current device, without timing (cheaper to record).
+  [[nodiscard]] Event make_event() const { return Event(Timing::off); }
+  void record(Event& event, cudaStream_t stream) const { event.record(stream); }
+  [[nodiscard]] bool done(const Event& event) const { return event.query(); }
+};
+
 //! Global memory of the current GPU. Models `MemorySpace`.
 //!
 //! Every function is synchronous: it first waits for the work already queued on the device (on any
 //! stream), then completes before it returns. They are meant for setup, checkpoints and tests; kernels
 //! and collectives work on a `cuda::Context`'s streams instead. `allocate` returns nullptr when the GPU
-//! is out of memory (so `Allocator` reports the shortfall) and throws on any other failure.
+//! is out of memory (so `Allocator` reports the shortfall) and throws on any other failure. It is the
+//! raw memory of a rank's `CachingAllocator` (`cuda::Context::memory_cache()`), which orders reuse
+//! across streams with `stream_order`.
 //! @code
 //! MemoryStats stats;
-//! Allocator<cuda::Memory> alloc(stats, rank);
+//! Allocator<cuda::Memory> alloc(stats, rank);       // plain: cudaMalloc/cudaFree per tensor
 //! Tensor<bf16, cuda::Memory> w(alloc, Shape{1024, 4096}, MemoryCategory::parameters);
 //! @endcode
 struct Memory {
   static constexpr const char* name = "cuda";
   static constexpr bool host_accessible = false;
   static constexpr std::size_t alignment = 256;  // what cudaMalloc guarantees
+  using stream_order = StreamOrder;
 
   [[nodiscard]] static void* allocate(std::size_t bytes) {
     if (bytes == 0) return nullptr;
