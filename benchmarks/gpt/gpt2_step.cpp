@@ -248,15 +248,6 @@ struct StepFigures {
   std::size_t peak_reserved = 0;  // the most bytes held from the memory space (with a caching allocator's cache)
 };
 
-//! The peak bytes `stats` held from the raw memory space, for accounting that reports them (0 otherwise).
-template <class Stats>
-std::size_t peak_reserved_of(const Stats& stats) {
-  if constexpr (requires { stats.peak_reserved(); })
-    return stats.peak_reserved();
-  else
-    return 0;
-}
-
 //! Builds the model, the optimizer and the token batches on one rank, and runs warmup + timed steps.
 template <class T>
 StepFigures run_steps(const Options& o) {
@@ -311,7 +302,7 @@ StepFigures run_steps(const Options& o) {
     }
     f.peak_total = rank.memory().peak_total();
     f.live_total = rank.memory().live_total();
-    f.peak_reserved = peak_reserved_of(rank.memory());
+    f.peak_reserved = rank.memory().peak_reserved();
   });
   return f;
 }
