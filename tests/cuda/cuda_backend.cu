@@ -563,7 +563,7 @@ TEST_CASE("cuda: a rank's tensors and kernel temporaries come from its stream-or
     return;
   }
   struct Seen {
-    bool wired = false, reused = false, other_stream_waits = false, other_stream_after = false;
+    bool wired = false, reused = false, zeroed = false, other_stream_waits = false, other_stream_after = false;
     std::size_t reserved = 0, live = 0, workspace_live = 0, workspace_after = 1, workspace_peak = 0;
   } seen;
   px::launch<CB>(1, [&](px::Rank<CB>& rank) {
@@ -573,10 +573,13 @@ TEST_CASE("cuda: a rank's tensors and kernel temporaries come from its stream-or
     void* first = nullptr;
     {
       px::Tensor<float, CMem> t(rank.allocator(), Shape{1000}, MemoryCategory::activations);
+      px::copy_from(t.view(), std::span<const float>(std::vector<float>(1000, 7.f)));
       first = t.data();
     }
+    // The reused block is zeroed in stream order (a memset queued on the compute stream, no device-wide wait).
     px::Tensor<float, CMem> u(rank.allocator(), Shape{1000}, MemoryCategory::activations);
     seen.reused = u.data() == first;
+    seen.zeroed = px::to_vector(u.cview()) == std::vector<float>(1000, 0.f);
     seen.reserved = rank.memory().reserved();
     seen.live = rank.memory().live_total();
     {
@@ -607,6 +610,7 @@ TEST_CASE("cuda: a rank's tensors and kernel temporaries come from its stream-or
   });
   CHECK(seen.wired);
   CHECK(seen.reused);
+  CHECK(seen.zeroed);
   CHECK(seen.reserved == px::CachingAllocator<CMem>::small_segment);
   CHECK(seen.live == 4000);
   CHECK(seen.workspace_live == 4000);

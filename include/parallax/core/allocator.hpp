@@ -64,6 +64,16 @@ class Allocator {
     stats_->on_free(category, bytes);
   }
 
+  //! Sets `bytes` at `p` (memory from this allocator) to zero: through a cache, in stream order on the cache's
+  //! stream where the space can (`Space::zero_on`: a CUDA rank queues a memset on its compute stream instead of
+  //! waiting for the whole device, so allocating a tensor never stalls the GPU), else at once (`Space::zero`).
+  void zero(void* p, std::size_t bytes) const {
+    if constexpr (requires(const typename cache_type::stream_type& s) { Space::zero_on(p, bytes, s); }) {
+      if (cache_ != nullptr) return Space::zero_on(p, bytes, cache_->default_stream());
+    }
+    Space::zero(p, bytes);
+  }
+
   [[nodiscard]] MemoryStats& stats() const noexcept { return *stats_; }
   //! The cache allocations go through, or nullptr.
   [[nodiscard]] cache_type* cache() const noexcept { return cache_; }

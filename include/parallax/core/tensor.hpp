@@ -34,7 +34,7 @@ class Tensor {
   Tensor(Allocator<Space>& allocator, Shape shape, MemoryCategory category)
       : allocator_(&allocator), shape_(shape), category_(category) {
     data_ = static_cast<T*>(allocator.allocate(bytes(), category));
-    if (data_ != nullptr) Space::zero(data_, bytes());
+    if (data_ != nullptr) allocator.zero(data_, bytes());
   }
   Tensor(Tensor&& o) noexcept
       : allocator_(std::exchange(o.allocator_, nullptr)),

@@ -61,8 +61,8 @@ struct StreamOrder {
 
 //! Global memory of the current GPU. Models `MemorySpace`.
 //!
-//! Every function is synchronous: it first waits for the work already queued on the device (on any
-//! stream), then completes before it returns. They are meant for setup, checkpoints and tests; kernels
+//! Every function but `zero_on` is synchronous: it first waits for the work already queued on the device
+//! (on any stream), then completes before it returns. They are meant for setup, checkpoints and tests; kernels
 //! and collectives work on a `cuda::Context`'s streams instead. `allocate` returns nullptr when the GPU
 //! is out of memory (so `Allocator` reports the shortfall) and throws on any other failure. It is the
 //! raw memory of a rank's `CachingAllocator` (`cuda::Context::memory_cache()`), which orders reuse
@@ -106,6 +106,12 @@ struct Memory {
   //! Device to host.
   static void download(void* dst, const void* src, std::size_t bytes) {
     detail::copy_now(dst, src, bytes, cudaMemcpyDeviceToHost, "cuda::Memory::download (cudaMemcpyAsync)");
+  }
+  //! Queues zeroing `bytes` at `p` on `stream` and returns (stream-ordered: work queued on `stream` later sees
+  //! zeros; `copy`, `upload` and `download` wait for every stream first).
+  static void zero_on(void* p, std::size_t bytes, cudaStream_t stream) {
+    if (bytes == 0) return;
+    check(cudaMemsetAsync(p, 0, bytes, stream), "cuda::Memory::zero_on (cudaMemsetAsync)");
   }
   static void zero(void* p, std::size_t bytes) {
     if (bytes == 0) return;
