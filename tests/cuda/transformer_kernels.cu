@@ -1,5 +1,6 @@
 // Tests for the CUDA backend's transformer kernels (parallax/backend/cuda/{elementwise,layernorm,activation,attention,
-// head_layout,cross_entropy,embedding}.cuh): each kernel against the host backend's on the same data, its errors
+// head_layout,cross_entropy,embedding,gemm_epilogue}.cuh): each kernel against the host backend's on the same data,
+// the cuBLASLt plan cache, its errors
 // against the host's messages, and every nn and tp module built, run and compared on cuda::Backend. Tests tagged
 // [gpu] skip themselves (with a warning) when there is no GPU; the instantiation check runs without one.
 //
@@ -24,6 +25,7 @@
 #include <parallax/tp/parallel_attention.hpp>
 #include <parallax/tp/parallel_mlp.hpp>
 #include <parallax/tp/row_parallel_linear.hpp>
+#include <parallax/tp/transformer_block.hpp>
 #include <parallax/tp/vocab_parallel_cross_entropy.hpp>
 #include <parallax/tp/vocab_parallel_embedding.hpp>
 
@@ -447,6 +449,119 @@ void compare_embedding(const cu::Context& ctx, i64 n, i64 v, i64 d) {
   CHECK(bit_differences(host_of(dshard_d), dshard) == 0);
 }
 
+// ---- fused GEMM epilogues and residual + LayerNorm -----------------------------------------------------------------
+
+// The stored shape of a GEMM operand that is [rows, cols] after op().
+Shape stored_shape(px::Trans t, i64 rows, i64 cols) {
+  return t == px::Trans::N ? Shape{rows, cols} : Shape{cols, rows};
+}
+
+// gemm_bias_act with every epilogue (bias or not, identity or GELU, pre-activation saved or not), gemm_dgelu and
+// gemm_bias_grad on the GPU against the host's. n a multiple of 8 takes cuBLASLt's epilogues (16-bit types); other
+// n, and fp32 GELU without TF32, the unfused fallback. `offset` starts every operand that many elements into its
+// buffer (misaligned for cuBLASLt's heuristics).
+template <class T>
+void compare_gemm_epilogue(const cu::Context& ctx, px::Trans ta, px::Trans tb, i64 m, i64 n, i64 k, i64 offset) {
+  INFO(type_name<T>() << " A " << (ta == px::Trans::T ? "T" : "N") << " B " << (tb == px::Trans::T ? "T" : "N")
+                      << " m " << m << " n " << n << " k " << k << " offset " << offset);
+  const px::host::Context hctx(0);
+  Device dev;
+  const Shape sa = stored_shape(ta, m, k), sb = stored_shape(tb, k, n), sc{m, n}, sn{n};
+  const auto a = values<T>(m * k, 81, 2.f), b = values<T>(k * n, 82), bias = values<T>(n, 83);
+  // Device buffers with `offset` elements in front; the views start after them.
+  auto padded = [&](const std::vector<T>& v) {
+    std::vector<T> p(static_cast<std::size_t>(offset), T(0.f));
+    p.insert(p.end(), v.begin(), v.end());
+    return dev.make(p, Shape{static_cast<i64>(p.size())});
+  };
+  auto tail = [&](const px::Tensor<T, CMem>& t, Shape s) { return View<T, CMem>(t.data() + offset, s); };
+  auto a_d = padded(a), b_d = padded(b), bias_d = padded(bias);
+  const std::vector<T> zeros(static_cast<std::size_t>(m * n));
+  auto c_d = padded(zeros), pre_d = padded(zeros);
+  auto from_device = [&](const px::Tensor<T, CMem>& t) {
+    const auto all = host_of(t);
+    return std::vector<T>(all.begin() + offset, all.end());
+  };
+  for (bool with_bias : {false, true})
+    for (px::Activation act : {px::Activation::none, px::Activation::gelu})
+      for (bool with_pre : {false, true}) {
+        INFO("bias " << with_bias << " gelu " << (act == px::Activation::gelu) << " pre " << with_pre);
+        std::vector<T> c(static_cast<std::size_t>(m * n)), pre(c.size());
+        HB::gemm_bias_act(hctx, ta, tb, hcv(a, sa), hcv(b, sb), with_bias ? hcv(bias, sn) : HCV<T>{}, act, hv(c, sc),
+                          with_pre ? hv(pre, sc) : HV<T>{});
+        CB::gemm_bias_act(ctx, ta, tb, View<const T, CMem>(tail(a_d, sa)), View<const T, CMem>(tail(b_d, sb)),
+                          with_bias ? View<const T, CMem>(tail(bias_d, sn)) : View<const T, CMem>{}, act, tail(c_d, sc),
+                          with_pre ? tail(pre_d, sc) : View<T, CMem>{});
+        check_close(from_device(c_d), c, "gemm_bias_act C");
+        if (with_pre) check_close(from_device(pre_d), pre, "gemm_bias_act pre");
+      }
+
+  const auto pre = values<T>(m * n, 84, 3.f);
+  auto pre_in = padded(pre);
+  std::vector<T> dg(static_cast<std::size_t>(m * n));
+  HB::gemm_dgelu(hctx, ta, tb, hcv(a, sa), hcv(b, sb), hcv(pre, sc), hv(dg, sc));
+  CB::gemm_dgelu(ctx, ta, tb, View<const T, CMem>(tail(a_d, sa)), View<const T, CMem>(tail(b_d, sb)),
+                 View<const T, CMem>(tail(pre_in, sc)), tail(c_d, sc));
+  check_close(from_device(c_d), dg, "gemm_dgelu C");
+}
+
+// dW [m, n] += dY^T X with db [m] += column sums of dY [k, m]: BGRADB on the GPU, gemm + bias_grad on the host.
+template <class T, class G>
+void compare_gemm_bias_grad(const cu::Context& ctx, px::Trans tb, i64 m, i64 n, i64 k, float beta) {
+  INFO(type_name<T>() << " grads " << type_name<G>() << " B " << (tb == px::Trans::T ? "T" : "N") << " m " << m
+                      << " n " << n << " k " << k << " beta " << beta);
+  const px::host::Context hctx(0);
+  Device dev;
+  const Shape sa{k, m}, sb = stored_shape(tb, k, n), sc{m, n}, sm{m};
+  const auto a = values<T>(k * m, 85), b = values<T>(k * n, 86);
+  auto c = values<T>(m * n, 87);
+  auto db = values<G>(m, 88);
+  auto a_d = dev.make(a, sa), b_d = dev.make(b, sb), c_d = dev.make(c, sc);
+  auto db_d = dev.make(db, sm);
+  HB::gemm_bias_grad(hctx, px::Trans::T, tb, 1.f, hcv(a, sa), hcv(b, sb), beta, hv(c, sc), hv(db, sm));
+  CB::gemm_bias_grad(ctx, px::Trans::T, tb, 1.f, a_d.cview(), b_d.cview(), beta, c_d.view(), db_d.view());
+  check_close(host_of(c_d), c, "gemm_bias_grad dW");
+  check_close(host_of(db_d), db, "gemm_bias_grad db");
+}
+
+template <class T>
+void compare_add_layernorm(const cu::Context& ctx, i64 n, i64 d) {
+  INFO(type_name<T>() << " N " << n << " D " << d);
+  const px::host::Context hctx(0);
+  Device dev;
+  const Shape s{n, d}, sd{d}, sn{n};
+  const auto x = values<T>(n * d, 91, 3.f), r = values<T>(n * d, 92), gamma = values<T>(d, 93),
+             beta = values<T>(d, 94), dy = values<T>(n * d, 95), dres = values<T>(n * d, 96);
+  std::vector<T> sum(x.size()), y(x.size()), dx(x.size());
+  std::vector<float> mean(static_cast<std::size_t>(n)), rstd(mean.size());
+  HB::add_layernorm_forward(hctx, hcv(x, s), hcv(r, s), hcv(gamma, sd), hcv(beta, sd), 1e-5f, hv(sum, s), hv(y, s),
+                            hv(mean, sn), hv(rstd, sn));
+  HB::add_layernorm_backward(hctx, hcv(dy, s), hcv(sum, s), hcv(gamma, sd), hcv(mean, sn), hcv(rstd, sn),
+                             hcv(dres, s), hv(dx, s));
+  auto x_d = dev.make(x, s), r_d = dev.make(r, s), gamma_d = dev.make(gamma, sd), beta_d = dev.make(beta, sd);
+  auto dy_d = dev.make(dy, s), dres_d = dev.make(dres, s);
+  auto sum_d = dev.zeros<T>(s), y_d = dev.zeros<T>(s), dx_d = dev.zeros<T>(s);
+  auto mean_d = dev.zeros<float>(sn), rstd_d = dev.zeros<float>(sn);
+  CB::add_layernorm_forward(ctx, x_d.cview(), r_d.cview(), gamma_d.cview(), beta_d.cview(), 1e-5f, sum_d.view(),
+                            y_d.view(), mean_d.view(), rstd_d.view());
+  CHECK(bit_differences(host_of(sum_d), sum) == 0);  // one fp32 add, rounded once
+  check_close(host_of(y_d), y, "add_layernorm y");
+  check_close(host_of(mean_d), mean, "add_layernorm mean");
+  check_close(host_of(rstd_d), rstd, "add_layernorm rstd");
+  CB::add_layernorm_backward(ctx, dy_d.cview(), sum_d.cview(), gamma_d.cview(), mean_d.cview(), rstd_d.cview(),
+                             dres_d.cview(), dx_d.view());
+  const auto dx_got = host_of(dx_d);
+  check_close(dx_got, dx, "add_layernorm dx");
+  // The same as the unfused LayerNorm on the GPU, and dx may alias dres.
+  auto y2_d = dev.zeros<T>(s);
+  CB::layernorm_forward(ctx, sum_d.cview(), gamma_d.cview(), beta_d.cview(), 1e-5f, y2_d.view(), mean_d.view(),
+                        rstd_d.view());
+  CHECK(bit_differences(host_of(y2_d), host_of(y_d)) == 0);
+  CB::add_layernorm_backward(ctx, dy_d.cview(), sum_d.cview(), gamma_d.cview(), mean_d.cview(), rstd_d.cview(),
+                             dres_d.cview(), dres_d.view());
+  CHECK(bit_differences(host_of(dres_d), dx_got) == 0);
+}
+
 // ---- modules -------------------------------------------------------------------------------------------------------
 
 using Mesh = px::DeviceMesh<1, 1, px::dynamic>;  // TP = the world size
@@ -551,6 +666,10 @@ ModuleRun run_modules(px::Rank<B>& rank) {
   run_layer<B, T>(rank, row, Shape{seq, batch, hidden / tpn}, 11, run);
   tp::ParallelMLP<Mesh, B, T> pmlp(mesh, dim, hidden);
   run_layer<B, T>(rank, pmlp, Shape{seq, batch, dim}, 13, run);
+  Fc fused(rank, dim, hidden, {.activation = px::Activation::gelu, .name = "fused"});
+  run_layer<B, T>(rank, fused, Shape{seq, batch, dim}, 21, run);
+  tp::TransformerBlock<Mesh, B, T> block(mesh, dim, heads, {.sequence_parallel = tpn > 1, .name = "block"});
+  run_layer<B, T>(rank, block, Shape{seq / tpn, batch, dim}, 23, run);
   tp::ParallelAttention<Mesh, B, T> pattn(mesh, dim, heads);
   run_layer<B, T>(rank, pattn, Shape{seq, batch, dim}, 15, run);
   {
@@ -715,6 +834,98 @@ TEST_CASE("cuda gelu matches the host backend", "[gpu][cuda][activation]") {
         error_of([&] { HB::gelu_forward(hctx, hcv(h, Shape{2, 3}), hv(h, Shape{3, 2})); }));
   CHECK(error_of([&] { CB::gelu_backward(ctx, a.cview(), a.cview(), b.view()); }) ==
         error_of([&] { HB::gelu_backward(hctx, hcv(h, Shape{2, 3}), hcv(h, Shape{2, 3}), hv(h, Shape{3, 2})); }));
+}
+
+TEST_CASE("cuda fused GEMM epilogues match the host backend", "[gpu][cuda][gemm]") {
+  if (!gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cu::Context ctx(0);
+  using px::Trans;
+  for (Trans ta : {Trans::N, Trans::T})
+    for (Trans tb : {Trans::N, Trans::T}) {
+      compare_gemm_epilogue<bf16>(ctx, ta, tb, 40, 64, 24, 0);   // cuBLASLt epilogues
+      compare_gemm_epilogue<float>(ctx, ta, tb, 40, 64, 24, 0);  // bias through cuBLASLt, GELU unfused (no TF32)
+    }
+  compare_gemm_epilogue<bf16>(ctx, Trans::N, Trans::T, 33, 30, 17, 0);  // n not a multiple of 8: unfused
+  compare_gemm_epilogue<bf16>(ctx, Trans::N, Trans::T, 32, 64, 16, 1);  // misaligned operands
+  compare_gemm_epilogue<bf16>(ctx, Trans::N, Trans::T, 1, 8, 1, 0);
+  compare_gemm_epilogue<float>(ctx, Trans::N, Trans::N, 3, 5, 0, 0);    // k = 0: the bias (and GELU of it) only
+  for (Trans tb : {Trans::N, Trans::T})
+    for (float beta : {0.f, 1.f}) {
+      compare_gemm_bias_grad<bf16, bf16>(ctx, tb, 48, 32, 64, beta);
+      compare_gemm_bias_grad<bf16, float>(ctx, tb, 48, 32, 64, beta);
+      compare_gemm_bias_grad<float, float>(ctx, tb, 40, 24, 100, beta);
+    }
+  compare_gemm_bias_grad<bf16, bf16>(ctx, Trans::N, 5, 3, 7, 1.f);
+
+  // A second call of a planned shape queries nothing and gives the same bits.
+  Device dev;
+  const Shape sx{64, 32}, sw{96, 32}, sy{64, 96};
+  auto x = dev.make(values<bf16>(sx.numel(), 97), sx), w = dev.make(values<bf16>(sw.numel(), 98), sw);
+  auto b = dev.make(values<bf16>(96, 99), Shape{96});
+  auto y1 = dev.zeros<bf16>(sy), y2 = dev.zeros<bf16>(sy), pre = dev.zeros<bf16>(sy);
+  CB::gemm_bias_act(ctx, px::Trans::N, px::Trans::T, x.cview(), w.cview(), b.cview(), px::Activation::gelu, y1.view(),
+                    pre.view());
+  const std::size_t plans = cu::detail::lt_plans().size();
+  CB::gemm_bias_act(ctx, px::Trans::N, px::Trans::T, x.cview(), w.cview(), b.cview(), px::Activation::gelu, y2.view(),
+                    pre.view());
+  CHECK(cu::detail::lt_plans().size() == plans);
+  CHECK(bit_differences(host_of(y1), host_of(y2)) == 0);
+
+  // The argument errors are the host's.
+  const px::host::Context hctx(0);
+  std::vector<float> h(64);
+  auto d = dev.make(h, Shape{64});
+  auto dv = [&](Shape s) { return View<float, CMem>(d.data(), s); };
+  auto hvs = [&](Shape s) { return HV<float>(h.data(), s); };
+  const auto gelu = px::Activation::gelu;
+  CHECK(error_of([&] {
+          CB::gemm_bias_act(ctx, Trans::N, Trans::T, dv({2, 3}), dv({4, 3}), dv({3}), gelu, dv({2, 4}));
+        }) == error_of([&] {
+          HB::gemm_bias_act(hctx, Trans::N, Trans::T, hvs({2, 3}), hvs({4, 3}), hvs({3}), gelu, hvs({2, 4}));
+        }));
+  CHECK(error_of([&] { CB::gemm_dgelu(ctx, Trans::N, Trans::N, dv({2, 3}), dv({3, 4}), dv({8}), dv({2, 4})); }) ==
+        error_of([&] { HB::gemm_dgelu(hctx, Trans::N, Trans::N, hvs({2, 3}), hvs({3, 4}), hvs({8}), hvs({2, 4})); }));
+  CHECK(error_of([&] {
+          CB::gemm_bias_grad(ctx, Trans::N, Trans::N, 1.f, dv({2, 3}), dv({3, 4}), 1.f, dv({2, 4}), dv({2}));
+        }) == error_of([&] {
+          HB::gemm_bias_grad(hctx, Trans::N, Trans::N, 1.f, hvs({2, 3}), hvs({3, 4}), 1.f, hvs({2, 4}), hvs({2}));
+        }));
+}
+
+TEST_CASE("cuda residual add + layernorm matches the host backend", "[gpu][cuda][layernorm]") {
+  if (!gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cu::Context ctx(0);
+  for (auto [n, d] : {std::pair{i64{77}, i64{300}}, std::pair{i64{5}, i64{768}}, std::pair{i64{1}, i64{1}}}) {
+    compare_add_layernorm<float>(ctx, n, d);
+    compare_add_layernorm<bf16>(ctx, n, d);
+  }
+  const px::host::Context hctx(0);
+  Device dev;
+  std::vector<float> h(12);
+  auto x = dev.make(h, Shape{3, 4});
+  auto g4 = dev.make(std::vector<float>(4), Shape{4});
+  auto stats = dev.make(std::vector<float>(3), Shape{3});
+  const auto flat = x.view().flatten();
+  CHECK(error_of([&] {
+          CB::add_layernorm_forward(ctx, x.cview(), flat, g4.cview(), g4.cview(), 1e-5f, x.view(), x.view(),
+                                    stats.view(), stats.view());
+        }) == error_of([&] {
+          HB::add_layernorm_forward(hctx, hcv(h, Shape{3, 4}), hcv(h, Shape{12}), hcv(h, Shape{4}), hcv(h, Shape{4}),
+                                    1e-5f, hv(h, Shape{3, 4}), hv(h, Shape{3, 4}), hv(h, Shape{3}), hv(h, Shape{3}));
+        }));
+  CHECK(error_of([&] {
+          CB::add_layernorm_backward(ctx, x.cview(), x.cview(), g4.cview(), stats.cview(), stats.cview(), flat,
+                                     x.view());
+        }) == error_of([&] {
+          HB::add_layernorm_backward(hctx, hcv(h, Shape{3, 4}), hcv(h, Shape{3, 4}), hcv(h, Shape{4}),
+                                     hcv(h, Shape{3}), hcv(h, Shape{3}), hcv(h, Shape{12}), hv(h, Shape{3, 4}));
+        }));
 }
 
 TEST_CASE("cuda attention matches the host backend", "[gpu][cuda][attention]") {

@@ -198,3 +198,99 @@ TEST_CASE("LayerNorm rejects bad sizes, passes out of order and wrong shapes", "
   CHECK_THAT(msgs[6], Catch::Contains("forward already ran"));
   CHECK_THAT(msgs[7], Catch::Contains("backward_input got dy [1, 2, 4], the forward's output was [2, 4]"));
 }
+
+// ---- the residual add fused into the LayerNorm -------------------------------------------------------------------
+
+namespace {
+
+// LayerNorm(x + r) and the gradients of x + r, gamma, beta with the residual fused (forward_residual,
+// backward_input_residual), against the residual add, forward, backward_input and the gradient add run apart.
+template <class T>
+void fused_residual_equals_add_then_layernorm() {
+  const px::Shape s{4, 3, 24};
+  const std::int64_t n = s.numel();
+  const auto x = converted<T>(random_values(n, 41, 2.f)), r = converted<T>(random_values(n, 42, 2.f));
+  const auto dy = converted<T>(random_values(n, 43)), dres = converted<T>(random_values(n, 44));
+  using V = px::View<const T, px::host::Memory>;
+  Outputs fused, unfused;
+  std::vector<float> fused_sum, unfused_sum;
+  std::int64_t saved_fused = -1, saved_unfused = -2;
+  px::launch<Backend>(1, [&](px::Rank<Backend>& rank) {
+    auto live = [&] { return static_cast<std::int64_t>(rank.memory().live(px::MemoryCategory::activations)); };
+    LN<T> ln(rank, 24);
+    set_affine(ln, 45);
+    const Backend::Context& c = rank.context();
+    auto run = [&](bool fuse, Outputs& out, std::vector<float>& sum, std::int64_t& saved) {
+      typename LN<T>::Ctx ctx;
+      px::nn::TensorOf<Backend, T> y, dx;
+      if (fuse) {
+        y = ln.forward_residual(ctx, V(x.data(), s), V(r.data(), s));
+      } else {
+        px::nn::TensorOf<Backend, T> added(rank.allocator(), s, px::MemoryCategory::activations);
+        px::copy(added.view(), V(r.data(), s));
+        Backend::axpby(c, 1.f, V(x.data(), s), 1.f, added.view());
+        y = ln.forward(ctx, added.cview());
+      }
+      sum = floats(LN<T>::residual(ctx).data(), n);
+      out.y = floats(y.data(), n);
+      y.reset();
+      saved = live();
+      if (fuse) {
+        dx = ln.backward_input_residual(ctx, V(dy.data(), s), V(dres.data(), s));
+      } else {
+        dx = ln.backward_input(ctx, V(dy.data(), s));
+        Backend::axpby(c, 1.f, V(dres.data(), s), 1.f, dx.view());
+      }
+      out.dx = floats(dx.data(), n);
+      ln.backward_weight(ctx);
+      out.dgamma = floats(ln.weight().grad().data(), 24);
+      out.dbeta = floats(ln.bias().grad().data(), 24);
+      ln.weight().zero_grad();
+      ln.bias().zero_grad();
+    };
+    run(true, fused, fused_sum, saved_fused);
+    run(false, unfused, unfused_sum, saved_unfused);
+  });
+  CHECK(fused_sum == unfused_sum);  // the same rounding of x + r
+  CHECK(fused.y == unfused.y);      // the LayerNorm of the stored sum
+  CHECK(saved_fused == saved_unfused);
+  const double tol = std::is_same_v<T, float> ? 1e-6 : 1e-2;  // dx: one rounding instead of two
+  CHECK(relative_difference(fused.dx, unfused.dx) <= tol);
+  CHECK(fused.dgamma == unfused.dgamma);
+  CHECK(fused.dbeta == unfused.dbeta);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("LayerNorm with the residual add fused equals the add and the LayerNorm apart",
+                   "[nn][layer_norm][fused]", float, px::bf16) {
+  fused_residual_equals_add_then_layernorm<TestType>();
+}
+
+TEST_CASE("LayerNorm's residual passes reject mismatched shapes and passes out of order", "[nn][layer_norm][errors]") {
+  std::vector<std::string> msgs;
+  px::launch<Backend>(1, [&](px::Rank<Backend>& rank) {
+    LN<float> ln(rank, 4, {.name = "ln_2"});
+    std::vector<float> x(8, 1.f);
+    using V = px::View<const float, px::host::Memory>;
+    const V xv(x.data(), px::Shape{2, 4}), flat(x.data(), px::Shape{8});
+    LN<float>::Ctx ctx;
+    msgs.push_back(error_of([&] { (void)ln.backward_input_residual(ctx, xv, xv); }));
+    msgs.push_back(error_of([&] { (void)ln.forward_residual(ctx, xv, xv.reshape(px::Shape{1, 2, 4})); }));
+    LN<float>::Ctx ok;
+    (void)ln.forward_residual(ok, xv, xv);
+    msgs.push_back(error_of([&] { (void)ln.forward_residual(ok, xv, xv); }));
+    msgs.push_back(error_of([&] { (void)ln.backward_input_residual(ok, xv, flat); }));
+    LN<float>::Ctx dy_ctx;
+    (void)ln.forward_residual(dy_ctx, xv, xv);
+    msgs.push_back(error_of([&] { (void)ln.backward_input_residual(dy_ctx, flat, xv); }));
+  });
+  REQUIRE(msgs.size() == 5);
+  CHECK_THAT(msgs[0], Catch::Contains("LayerNorm 'ln_2': backward_input_residual called on a context whose forward has "
+                                      "not run"));
+  CHECK_THAT(msgs[1], Catch::Contains("LayerNorm 'ln_2': residual [1, 2, 4] does not match the input [2, 4]"));
+  CHECK_THAT(msgs[2], Catch::Contains("forward_residual called on a context whose forward already ran"));
+  CHECK_THAT(msgs[3], Catch::Contains("backward_input_residual got a residual gradient [8], the forward's input was "
+                                      "[2, 4]"));
+  CHECK_THAT(msgs[4], Catch::Contains("backward_input got dy [8], the forward's output was [2, 4]"));
+}

@@ -23,6 +23,10 @@ struct LayerNormOptions {
 //!
 //! forward saves x and the fp32 row mean and reciprocal standard deviation; backward_input computes dx and
 //! keeps dy; backward_weight accumulates dgamma and dbeta, then frees everything.
+//!
+//! A pre-LN block adds a residual and normalises the sum: `forward_residual(ctx, x, r)` does both in one kernel and
+//! keeps the sum x + r (the residual stream, which the block reads back as `residual(ctx)`) as the saved input;
+//! `backward_input_residual(ctx, dy, dres)` returns the sum's gradient, dres + the LayerNorm's dx, in one kernel.
 //! @code
 //! nn::LayerNorm<host::Backend, float> ln(rank, 768, {.name = "h.0.ln_1"});
 //! nn::LayerNorm<host::Backend, float>::Ctx ctx;
@@ -64,14 +68,10 @@ class LayerNorm {
 
   [[nodiscard]] TensorOf<B, T> forward(Ctx& ctx, ViewOf<B, const T> x) {
     detail::advance(ctx, Pass::none, Pass::forward, label(), "forward", rank_->id());
-    if (x.shape().rank() < 2 || x.shape()[x.shape().rank() - 1] != dim())
-      throw Error(fmt::format("{}: input {} is not [..., {}] of rank >= 2", label(), x.shape(), dim()), rank_->id());
-    const auto xm = as_matrix(x);
+    check_input(x.shape());
     ctx.x = save<B, T>(*rank_, x);
-    ctx.mean = activation<B, float>(*rank_, Shape{xm.shape()[0]});
-    ctx.rstd = activation<B, float>(*rank_, Shape{xm.shape()[0]});
-    auto y = activation<B, T>(*rank_, x.shape());
-    B::layernorm_forward(rank_->context(), xm, ViewOf<B, const T>(weight_.acquire_value()),
+    auto y = start_forward(ctx);
+    B::layernorm_forward(rank_->context(), as_matrix(x), ViewOf<B, const T>(weight_.acquire_value()),
                          ViewOf<B, const T>(bias_.acquire_value()), eps_, as_matrix(y.view()), ctx.mean.view(),
                          ctx.rstd.view());
     weight_.release_value();
@@ -79,17 +79,49 @@ class LayerNorm {
     return y;
   }
 
+  //! LayerNorm(x + r), the sum formed in the same kernel (`B::add_layernorm_forward`) and kept as the saved input:
+  //! `residual(ctx)` reads it until backward_weight. x and r have the same shape [..., D].
+  [[nodiscard]] TensorOf<B, T> forward_residual(Ctx& ctx, ViewOf<B, const T> x, ViewOf<B, const T> r) {
+    detail::advance(ctx, Pass::none, Pass::forward, label(), "forward_residual", rank_->id());
+    check_input(x.shape());
+    if (r.shape() != x.shape())
+      throw Error(fmt::format("{}: residual {} does not match the input {}", label(), r.shape(), x.shape()),
+                  rank_->id());
+    ctx.x = activation<B, T>(*rank_, x.shape());
+    auto y = start_forward(ctx);
+    B::add_layernorm_forward(rank_->context(), as_matrix(x), as_matrix(r), ViewOf<B, const T>(weight_.acquire_value()),
+                             ViewOf<B, const T>(bias_.acquire_value()), eps_, as_matrix(ctx.x.view()),
+                             as_matrix(y.view()), ctx.mean.view(), ctx.rstd.view());
+    weight_.release_value();
+    bias_.release_value();
+    return y;
+  }
+
+  //! The input the forward saved: x, or x + r after `forward_residual` (the residual stream).
+  [[nodiscard]] static ViewOf<B, const T> residual(const Ctx& ctx) { return ctx.x.cview(); }
+
   [[nodiscard]] TensorOf<B, T> backward_input(Ctx& ctx, ViewOf<B, const T> dy) {
     detail::advance(ctx, Pass::forward, Pass::backward_input, label(), "backward_input", rank_->id());
-    if (dy.shape() != ctx.x.shape())
-      throw Error(fmt::format("{}: backward_input got dy {}, the forward's output was {}", label(), dy.shape(),
-                              ctx.x.shape()),
-                  rank_->id());
-    ctx.dy = save<B, T>(*rank_, dy);
-    auto dx = activation<B, T>(*rank_, dy.shape());
+    auto dx = start_backward(ctx, dy);
     B::template layernorm_backward<T, T>(rank_->context(), as_matrix(dy), as_matrix(ctx.x.cview()),
                                          ViewOf<B, const T>(weight_.acquire_value()), ctx.mean.cview(),
                                          ctx.rstd.cview(), as_matrix(dx.view()), {}, {});
+    weight_.release_value();
+    return dx;
+  }
+
+  //! dres + backward_input's dx, in one kernel (`B::add_layernorm_backward`): the gradient of the sum x + r of
+  //! `forward_residual`, given dres, the gradient reaching the sum through the residual path.
+  [[nodiscard]] TensorOf<B, T> backward_input_residual(Ctx& ctx, ViewOf<B, const T> dy, ViewOf<B, const T> dres) {
+    detail::advance(ctx, Pass::forward, Pass::backward_input, label(), "backward_input_residual", rank_->id());
+    if (dres.shape() != ctx.x.shape())
+      throw Error(fmt::format("{}: backward_input_residual got a residual gradient {}, the forward's input was {}",
+                              label(), dres.shape(), ctx.x.shape()),
+                  rank_->id());
+    auto dx = start_backward(ctx, dy);
+    B::add_layernorm_backward(rank_->context(), as_matrix(dy), as_matrix(ctx.x.cview()),
+                              ViewOf<B, const T>(weight_.acquire_value()), ctx.mean.cview(), ctx.rstd.cview(),
+                              as_matrix(dres), as_matrix(dx.view()));
     weight_.release_value();
     return dx;
   }
@@ -110,6 +142,26 @@ class LayerNorm {
 
  private:
   [[nodiscard]] std::string label() const { return fmt::format("LayerNorm '{}'", name_); }
+  void check_input(const Shape& s) const {
+    if (s.rank() < 2 || s[s.rank() - 1] != dim())
+      throw Error(fmt::format("{}: input {} is not [..., {}] of rank >= 2", label(), s, dim()), rank_->id());
+  }
+  // The row statistics of the saved input ctx.x, and the output tensor.
+  [[nodiscard]] TensorOf<B, T> start_forward(Ctx& ctx) {
+    const std::int64_t rows = as_matrix(ctx.x.cview()).shape()[0];
+    ctx.mean = activation<B, float>(*rank_, Shape{rows});
+    ctx.rstd = activation<B, float>(*rank_, Shape{rows});
+    return activation<B, T>(*rank_, ctx.x.shape());
+  }
+  // Checks dy, keeps a copy for backward_weight, and returns the input gradient tensor.
+  [[nodiscard]] TensorOf<B, T> start_backward(Ctx& ctx, ViewOf<B, const T> dy) {
+    if (dy.shape() != ctx.x.shape())
+      throw Error(fmt::format("{}: backward_input got dy {}, the forward's output was {}", label(), dy.shape(),
+                              ctx.x.shape()),
+                  rank_->id());
+    ctx.dy = save<B, T>(*rank_, dy);
+    return activation<B, T>(*rank_, dy.shape());
+  }
   [[nodiscard]] std::int64_t checked_dim(std::int64_t dim) const {
     if (dim < 1) throw Error(fmt::format("{}: dim {} must be at least 1", label(), dim), rank_->id());
     return dim;

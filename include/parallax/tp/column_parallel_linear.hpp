@@ -20,6 +20,7 @@ namespace parallax::tp {
 //! Options of a `ColumnParallelLinear`.
 struct ColumnParallelOptions {
   bool bias = true;
+  Activation activation = Activation::none;  // gelu: y = gelu(x W^T + b), in the local GEMM's epilogue
   bool gather_output = false;      // all-gather the output columns: y is [..., out] on every rank
   bool sequence_parallel = false;  // the input is this rank's sequence shard [T/tp, B, in]
   int blocks = 1;                  // equal blocks along the output (fused q|k|v: 3), each split over TP
@@ -43,14 +44,18 @@ void copy_columns(View<T, Space> dst, std::int64_t dst_col, View<const T, Space>
 
 }  // namespace detail
 
-//! y = x W^T + b with W [out, in] split by output rows over the mesh's TP group: rank r holds rows
+//! y = act(x W^T + b) with W [out, in] split by output rows over the mesh's TP group: rank r holds rows
 //! [r out/tp, (r+1) out/tp) of W and b (of every block with `blocks` > 1), so its output is the matching
-//! columns of y. Every shard equals the slice of the single-rank `nn::Linear` with the same name and seed.
+//! columns of y. Every shard equals the slice of the single-rank `nn::Linear` with the same name and seed. An
+//! activation (`ColumnParallelOptions::activation`, elementwise, so it commutes with the split) runs in the local
+//! GEMM's epilogue.
 //!
 //! forward: (SP: all-gather the sequence shards [T/tp, B, in] into x [T, B, in]) -> local GEMM -> y_local
 //! [T, B, out/tp] (gather_output: all-gathered into y [T, B, out]). backward_input: (gather_output: this
 //! rank's columns of dy) -> partial dx from the local rows -> summed over TP (SP: reduce-scattered into
 //! the shard [T/tp, B, in]; else all-reduced). backward_weight: the local layer's, no communication.
+//! `backward_input_preactivation` takes the gradient of this rank's pre-activation instead of dy (the next layer
+//! fused the activation's backward into its own GEMM: see `tp::ParallelMLP`).
 //!
 //! @tparam Mesh a `DeviceMesh`.  @tparam B the backend.  @tparam T the storage type.
 //! @code
@@ -95,6 +100,11 @@ class ColumnParallelLinear {
   [[nodiscard]] nn::Parameter<T, Memory>& weight() noexcept { return local_.weight(); }
   [[nodiscard]] nn::Parameter<T, Memory>* bias() noexcept { return local_.bias(); }
   [[nodiscard]] nn::ParameterList<T, Memory> parameters() { return local_.parameters(); }
+  //! This rank's pre-activation [..., out/tp] that a forward with an activation saved in `ctx` (until its
+  //! backward_input): the GELU input whose gradient the next layer may form (`nn::Linear::preactivation`).
+  [[nodiscard]] static nn::ViewOf<B, const T> preactivation(const Ctx& ctx) {
+    return Linear::preactivation(ctx.local);
+  }
 
   [[nodiscard]] nn::TensorOf<B, T> forward(Ctx& ctx, nn::ViewOf<B, const T> x) {
     nn::detail::advance(ctx, nn::Pass::none, nn::Pass::forward, label(), "forward", rank_->id());
@@ -125,9 +135,15 @@ class ColumnParallelLinear {
     } else {
       dx = local_.backward_input(ctx.local, dy);
     }
-    if (o_.sequence_parallel) return reduce_scatter_sequence<B>(*mesh_, dx.cview());
-    mesh_->tp().all_reduce(dx.view());
-    return dx;
+    return sum_input_grad(std::move(dx));
+  }
+
+  //! backward_input given `dpre`, the gradient of this rank's pre-activation [..., out/tp] (also with
+  //! gather_output): the activation's backward is already done. Takes `dpre` over (no copy).
+  [[nodiscard]] nn::TensorOf<B, T> backward_input_preactivation(Ctx& ctx, nn::TensorOf<B, T> dpre) {
+    nn::detail::advance(ctx, nn::Pass::forward, nn::Pass::backward_input, label(), "backward_input_preactivation",
+                        rank_->id());
+    return sum_input_grad(local_.backward_input_preactivation(ctx.local, std::move(dpre)));
   }
 
   void backward_weight(Ctx& ctx) {
@@ -137,6 +153,13 @@ class ColumnParallelLinear {
 
  private:
   [[nodiscard]] std::string label() const { return fmt::format("ColumnParallelLinear '{}'", o_.name); }
+
+  // The input gradient summed over TP from this rank's partial one (SP: reduce-scattered into the sequence shard).
+  [[nodiscard]] nn::TensorOf<B, T> sum_input_grad(nn::TensorOf<B, T> dx) {
+    if (o_.sequence_parallel) return reduce_scatter_sequence<B>(*mesh_, dx.cview());
+    mesh_->tp().all_reduce(dx.view());
+    return dx;
+  }
 
   // The local layer on this rank's rows of every block, after checking that they divide evenly.
   [[nodiscard]] Linear make_local(std::int64_t in) const {
@@ -155,7 +178,9 @@ class ColumnParallelLinear {
     const auto w = nn::ShardSpec::split(nn::join_name(o_.name, "weight"), Shape{out_, in}, Axis::tp, 0, tp, r, blocks);
     std::optional<nn::ShardSpec> b;
     if (o_.bias) b = nn::ShardSpec::split(nn::join_name(o_.name, "bias"), Shape{out_}, Axis::tp, 0, tp, r, blocks);
-    return Linear(*rank_, w, b, {.bias = o_.bias, .init_std = o_.init_std, .seed = o_.seed, .name = o_.name});
+    return Linear(*rank_, w, b,
+                  {.bias = o_.bias, .activation = o_.activation, .init_std = o_.init_std, .seed = o_.seed,
+                   .name = o_.name});
   }
 
   // y [..., out] on every rank from each rank's columns y_local [..., out/tp].

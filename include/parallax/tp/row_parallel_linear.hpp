@@ -35,6 +35,7 @@ struct RowParallelOptions {
 //! shard [T/tp, B, out]; else all-reduced) -> + b. backward_input: (SP: all-gather dy) -> dx_local = dy
 //! W_local. backward_weight: dW_local += dy^T x_local; db += column sums of the full dy, which every rank
 //! holds (under SP it was gathered for dx), so the replicated bias gradients agree without communication.
+//! `backward_input(ctx, dy, gelu_input)` also applies the backward of a GELU before this layer in the dx GEMM.
 //!
 //! @tparam Mesh a `DeviceMesh`.  @tparam B the backend.  @tparam T the storage type.
 //! @code
@@ -104,16 +105,15 @@ class RowParallelLinear {
   }
 
   [[nodiscard]] nn::TensorOf<B, T> backward_input(Ctx& ctx, nn::ViewOf<B, const T> dy) {
-    nn::detail::advance(ctx, nn::Pass::forward, nn::Pass::backward_input, label(), "backward_input", rank_->id());
-    const Shape& xs = ctx.local.x.shape();
-    Shape want = xs.with(xs.rank() - 1, out_features());
-    if (o_.sequence_parallel) want = want.with(0, want[0] / mesh_->tp_size());
-    if (dy.shape() != want)
-      throw Error(fmt::format("{}: backward_input got dy {}, the forward's output was {}", label(), dy.shape(), want),
-                  rank_->id());
-    if (!o_.sequence_parallel) return local_.backward_input(ctx.local, dy);
-    auto full = gather_sequence<B>(*mesh_, dy);
-    return local_.backward_input(ctx.local, full.cview());
+    return input_grad(ctx, dy, nullptr);
+  }
+
+  //! The gradient of `gelu_input` [..., in/tp] where this layer's input was gelu(gelu_input) (a column-parallel
+  //! layer's `preactivation`): dx_local * gelu'(gelu_input), formed in the local dx GEMM's epilogue
+  //! (`nn::Linear::backward_input(ctx, dy, gelu_input)`).
+  [[nodiscard]] nn::TensorOf<B, T> backward_input(Ctx& ctx, nn::ViewOf<B, const T> dy,
+                                                  nn::ViewOf<B, const T> gelu_input) {
+    return input_grad(ctx, dy, &gelu_input);
   }
 
   void backward_weight(Ctx& ctx) {
@@ -127,6 +127,25 @@ class RowParallelLinear {
 
  private:
   [[nodiscard]] std::string label() const { return fmt::format("RowParallelLinear '{}'", o_.name); }
+
+  // backward_input: (SP: all-gather dy) -> the local dx, through the GELU of `gelu_input` when given.
+  [[nodiscard]] nn::TensorOf<B, T> input_grad(Ctx& ctx, nn::ViewOf<B, const T> dy,
+                                              const nn::ViewOf<B, const T>* gelu_input) {
+    nn::detail::advance(ctx, nn::Pass::forward, nn::Pass::backward_input, label(), "backward_input", rank_->id());
+    const Shape& xs = ctx.local.x.shape();
+    Shape want = xs.with(xs.rank() - 1, out_features());
+    if (o_.sequence_parallel) want = want.with(0, want[0] / mesh_->tp_size());
+    if (dy.shape() != want)
+      throw Error(fmt::format("{}: backward_input got dy {}, the forward's output was {}", label(), dy.shape(), want),
+                  rank_->id());
+    nn::TensorOf<B, T> full;
+    if (o_.sequence_parallel) {
+      full = gather_sequence<B>(*mesh_, dy);
+      dy = full.cview();
+    }
+    return gelu_input != nullptr ? local_.backward_input(ctx.local, dy, *gelu_input)
+                                 : local_.backward_input(ctx.local, dy);
+  }
 
   // The bias-free local layer on this rank's columns, after checking that they divide evenly.
   [[nodiscard]] Linear make_local(std::int64_t out) const {

@@ -19,23 +19,16 @@ namespace parallax::cuda {
 
 namespace detail {
 
-// The constants are the host kernel's (host::detail::gelu_k = sqrt(2 / pi), gelu_a = 0.044715).
+// GELU and its derivative are the host kernel's (host::detail::gelu, gelu_grad): one definition for both backends.
 template <class T>
 __global__ void gelu_forward_kernel(const T* x, T* y, std::int64_t n) {
-  for (std::int64_t i = grid_index(); i < n; i += grid_stride()) {
-    const float v = float(x[i]);
-    y[i] = T(0.5f * v * (1.f + tanhf(host::detail::gelu_k * (v + host::detail::gelu_a * v * v * v))));
-  }
+  for (std::int64_t i = grid_index(); i < n; i += grid_stride()) y[i] = T(host::detail::gelu(float(x[i])));
 }
 
 template <class T>
 __global__ void gelu_backward_kernel(const T* x, const T* dy, T* dx, std::int64_t n) {
-  for (std::int64_t i = grid_index(); i < n; i += grid_stride()) {
-    const float v = float(x[i]);
-    const float t = tanhf(host::detail::gelu_k * (v + host::detail::gelu_a * v * v * v));
-    const float du = host::detail::gelu_k * (1.f + 3.f * host::detail::gelu_a * v * v);
-    dx[i] = T(float(dy[i]) * (0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * du));
-  }
+  for (std::int64_t i = grid_index(); i < n; i += grid_stride())
+    dx[i] = T(float(dy[i]) * host::detail::gelu_grad(float(x[i])));
 }
 
 }  // namespace detail
@@ -58,7 +51,7 @@ struct Activation {
   }
 
   //! dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)),  t = tanh(u)  (overwritten).
-  //! `dx` may alias `dy`.
+  //! `dx` may alias `x` or `dy`.
   template <FloatElement T>
   static void gelu_backward(const Context& ctx, detail::In<T> x, detail::In<T> dy, View<T, Memory> dx) {
     detail::expect_shape("gelu_backward", "dy", dy.shape(), x.shape());

@@ -8,6 +8,7 @@
 
 #include "../../core/dtype.hpp"
 #include "../../core/view.hpp"
+#include "../host/layernorm.hpp"
 #include "check.hpp"
 #include "context.hpp"
 #include "detail/block_reduce.cuh"
@@ -25,14 +26,21 @@ inline constexpr int layernorm_warps = 8;  // rows per block: one warp per row
   return static_cast<unsigned>((n + layernorm_warps - 1) / layernorm_warps);
 }
 
+//! One warp per row. With `res` (else null), first sum = x + res stored as T; the statistics and y are then those of
+//! the stored sum, read back by the lane that wrote it (the same values a separate add would give).
 template <class T>
 __global__ void __launch_bounds__(layernorm_warps * 32)
-    layernorm_forward_kernel(const T* x, const T* gamma, const T* beta, float eps, T* y, float* mean, float* rstd,
-                             std::int64_t n, std::int64_t d) {
+    layernorm_forward_kernel(const T* x, const T* res, T* sum, const T* gamma, const T* beta, float eps, T* y,
+                             float* mean, float* rstd, std::int64_t n, std::int64_t d) {
   const std::int64_t r = std::int64_t{blockIdx.x} * layernorm_warps + threadIdx.x / 32;
   if (r >= n) return;
   const int lane = static_cast<int>(threadIdx.x % 32);
   const T* xr = x + r * d;
+  if (res != nullptr) {
+    T* sr = sum + r * d;
+    for (std::int64_t j = lane; j < d; j += 32) sr[j] = T(float(xr[j]) + float(res[r * d + j]));
+    xr = sr;
+  }
   T* yr = y + r * d;
   const float inv_d = d > 0 ? 1.f / static_cast<float>(d) : 0.f;
   float s = 0.f, ss = 0.f;
@@ -47,10 +55,11 @@ __global__ void __launch_bounds__(layernorm_warps * 32)
   }
 }
 
+//! One warp per row; adds dres[r, j] to dx when `dres` is not null.
 template <class T>
 __global__ void __launch_bounds__(layernorm_warps * 32)
-    layernorm_backward_dx_kernel(const T* dy, const T* x, const T* gamma, const float* mean, const float* rstd, T* dx,
-                                 std::int64_t n, std::int64_t d) {
+    layernorm_backward_dx_kernel(const T* dy, const T* x, const T* gamma, const float* mean, const float* rstd,
+                                 const T* dres, T* dx, std::int64_t n, std::int64_t d) {
   const std::int64_t r = std::int64_t{blockIdx.x} * layernorm_warps + threadIdx.x / 32;
   if (r >= n) return;
   const int lane = static_cast<int>(threadIdx.x % 32);
@@ -67,9 +76,11 @@ __global__ void __launch_bounds__(layernorm_warps * 32)
   }
   sg = warp_all_reduce(sg, SumOp{});
   sgx = warp_all_reduce(sgx, SumOp{});
-  for (std::int64_t j = lane; j < d; j += 32) {  // reads dy[j] before writing dx[j]: dx may alias dy
+  for (std::int64_t j = lane; j < d; j += 32) {  // reads dy[j] and dres[j] before writing dx[j]: dx may alias either
     const float g = float(dyr[j]) * float(gamma[j]);
-    dxr[j] = T(rs * (g - sg * inv_d - (float(xr[j]) - mu) * rs * sgx * inv_d));
+    float v = rs * (g - sg * inv_d - (float(xr[j]) - mu) * rs * sgx * inv_d);
+    if (dres != nullptr) v += float(dres[r * d + j]);
+    dxr[j] = T(v);
   }
 }
 
@@ -97,9 +108,13 @@ struct LayerNormGradTerm {
 //! Storage is `T` (fp32, bf16, fp16); statistics and arithmetic are fp32. The forward saves the row mean and
 //! reciprocal standard deviation for the backward. The dgamma/dbeta column sums are deterministic: per-block
 //! partial sums over chunks of rows, then a second kernel adding the chunks in order (no atomics).
+//! `add_layernorm_forward` / `add_layernorm_backward` fuse the residual add before a pre-LN sublayer's LayerNorm
+//! (and its gradient) into the same kernel.
 //! @code
 //! LayerNorm::layernorm_forward(ctx, x, gamma, beta, 1e-5f, y, mean, rstd);
 //! LayerNorm::layernorm_backward(ctx, dy, x, gamma, mean, rstd, dx, dgamma, dbeta);
+//! LayerNorm::add_layernorm_forward(ctx, x, r, gamma, beta, 1e-5f, sum, y, mean, rstd);  // sum = x + r, y = LN(sum)
+//! LayerNorm::add_layernorm_backward(ctx, dy, sum, gamma, mean, rstd, dres, dsum);       // dsum = dres + LN'(dy)
 //! @endcode
 struct LayerNorm {
   //! y[n, j] = (x[n, j] - mean[n]) * rstd[n] * gamma[j] + beta[j], where
@@ -108,18 +123,26 @@ struct LayerNorm {
   template <FloatElement T>
   static void layernorm_forward(const Context& ctx, detail::In<T> x, detail::In<T> gamma, detail::In<T> beta,
                                 float eps, View<T, Memory> y, View<float, Memory> mean, View<float, Memory> rstd) {
-    constexpr const char* op = "layernorm_forward";
-    detail::expect_rank(op, "x", x.shape(), 2, "[N, D]");
-    const std::int64_t n = x.shape()[0], d = x.shape()[1];
-    detail::expect_shape(op, "gamma", gamma.shape(), Shape{d});
-    detail::expect_shape(op, "beta", beta.shape(), Shape{d});
-    detail::expect_shape(op, "y", y.shape(), x.shape());
-    detail::expect_shape(op, "mean", mean.shape(), Shape{n});
-    detail::expect_shape(op, "rstd", rstd.shape(), Shape{n});
-    if (n == 0) return;
-    detail::layernorm_forward_kernel<<<detail::layernorm_blocks(n), detail::layernorm_warps * 32, 0, ctx.stream()>>>(
-        x.data(), gamma.data(), beta.data(), eps, y.data(), mean.data(), rstd.data(), n, d);
-    check_launch("cuda::LayerNorm::layernorm_forward");
+    const auto [n, d] = host::detail::check_layernorm_forward("layernorm_forward", x.shape(), gamma.shape(),
+                                                              beta.shape(), y.shape(), mean.shape(), rstd.shape());
+    launch_forward<T>(ctx, x.data(), nullptr, nullptr, gamma.data(), beta.data(), eps, y.data(), mean.data(),
+                      rstd.data(), n, d, "cuda::LayerNorm::layernorm_forward");
+  }
+
+  //! sum = x + r (stored as T), then y = layernorm_forward(sum) (same statistics, from the stored sum): the residual
+  //! add of a pre-LN block and the LayerNorm after it in one kernel. Shapes: x, r, sum, y [N, D]; gamma, beta [D];
+  //! mean, rstd [N]. `sum` may alias `x` or `r`; `y` must not alias `sum`.
+  template <FloatElement T>
+  static void add_layernorm_forward(const Context& ctx, detail::In<T> x, detail::In<T> r, detail::In<T> gamma,
+                                    detail::In<T> beta, float eps, detail::Out<T> sum, View<T, Memory> y,
+                                    View<float, Memory> mean, View<float, Memory> rstd) {
+    constexpr const char* op = "add_layernorm_forward";
+    const auto [n, d] = host::detail::check_layernorm_forward(op, x.shape(), gamma.shape(), beta.shape(), y.shape(),
+                                                              mean.shape(), rstd.shape());
+    detail::expect_shape(op, "r", r.shape(), x.shape());
+    detail::expect_shape(op, "sum", sum.shape(), x.shape());
+    launch_forward<T>(ctx, x.data(), r.data(), sum.data(), gamma.data(), beta.data(), eps, y.data(), mean.data(),
+                      rstd.data(), n, d, "cuda::LayerNorm::add_layernorm_forward");
   }
 
   //! With xhat = (x - mean) * rstd and g = dy * gamma, per row:
@@ -135,12 +158,8 @@ struct LayerNorm {
                                  View<const float, Memory> mean, View<const float, Memory> rstd, View<T, Memory> dx,
                                  View<G, Memory> dgamma, detail::Out<G> dbeta) {
     constexpr const char* op = "layernorm_backward";
-    detail::expect_rank(op, "x", x.shape(), 2, "[N, D]");
-    const std::int64_t n = x.shape()[0], d = x.shape()[1];
-    detail::expect_shape(op, "dy", dy.shape(), x.shape());
-    detail::expect_shape(op, "gamma", gamma.shape(), Shape{d});
-    detail::expect_shape(op, "mean", mean.shape(), Shape{n});
-    detail::expect_shape(op, "rstd", rstd.shape(), Shape{n});
+    const auto [n, d] = host::detail::check_layernorm_backward(op, dy.shape(), x.shape(), gamma.shape(), mean.shape(),
+                                                               rstd.shape());
     const bool want_dx = !detail::absent(dx), want_dg = !detail::absent(dgamma), want_db = !detail::absent(dbeta);
     if (want_dx) detail::expect_shape(op, "dx", dx.shape(), x.shape());
     if (want_dg) detail::expect_shape(op, "dgamma", dgamma.shape(), Shape{d});
@@ -153,10 +172,45 @@ struct LayerNorm {
                              d, out, "cuda::LayerNorm::layernorm_backward");
     }
     if (!want_dx) return;
+    launch_backward_dx<T>(ctx, dy.data(), x.data(), gamma.data(), mean.data(), rstd.data(), nullptr, dx.data(), n, d,
+                          "cuda::LayerNorm::layernorm_backward");
+  }
+
+  //! dx = dres + (layernorm_backward's dx of dy): the input gradient of `add_layernorm_forward`'s sum, i.e. the
+  //! gradient arriving through the residual path (`dres`) plus the one through the LayerNorm, in one kernel and
+  //! one rounding. `x`, `mean`, `rstd` are the forward's (x: the stored sum). dgamma and dbeta come from
+  //! `layernorm_backward` (backward_weight). Shapes: dy, x, dres, dx [N, D]. `dx` may alias `dy` or `dres`.
+  template <FloatElement T>
+  static void add_layernorm_backward(const Context& ctx, detail::In<T> dy, detail::In<T> x, detail::In<T> gamma,
+                                     View<const float, Memory> mean, View<const float, Memory> rstd,
+                                     detail::In<T> dres, View<T, Memory> dx) {
+    constexpr const char* op = "add_layernorm_backward";
+    const auto [n, d] = host::detail::check_layernorm_backward(op, dy.shape(), x.shape(), gamma.shape(), mean.shape(),
+                                                               rstd.shape());
+    detail::expect_shape(op, "dres", dres.shape(), x.shape());
+    detail::expect_shape(op, "dx", dx.shape(), x.shape());
+    launch_backward_dx<T>(ctx, dy.data(), x.data(), gamma.data(), mean.data(), rstd.data(), dres.data(), dx.data(), n,
+                          d, "cuda::LayerNorm::add_layernorm_backward");
+  }
+
+ private:
+  template <class T>
+  static void launch_forward(const Context& ctx, const T* x, const T* r, T* sum, const T* gamma, const T* beta,
+                             float eps, T* y, float* mean, float* rstd, std::int64_t n, std::int64_t d,
+                             const char* what) {
+    if (n == 0) return;
+    detail::layernorm_forward_kernel<<<detail::layernorm_blocks(n), detail::layernorm_warps * 32, 0, ctx.stream()>>>(
+        x, r, sum, gamma, beta, eps, y, mean, rstd, n, d);
+    check_launch(what);
+  }
+  template <class T>
+  static void launch_backward_dx(const Context& ctx, const T* dy, const T* x, const T* gamma, const float* mean,
+                                 const float* rstd, const T* dres, T* dx, std::int64_t n, std::int64_t d,
+                                 const char* what) {
+    if (n == 0) return;
     detail::layernorm_backward_dx_kernel<<<detail::layernorm_blocks(n), detail::layernorm_warps * 32, 0,
-                                           ctx.stream()>>>(dy.data(), x.data(), gamma.data(), mean.data(), rstd.data(),
-                                                           dx.data(), n, d);
-    check_launch("cuda::LayerNorm::layernorm_backward");
+                                           ctx.stream()>>>(dy, x, gamma, mean, rstd, dres, dx, n, d);
+    check_launch(what);
   }
 };
 

@@ -68,6 +68,32 @@ inline void sgemm(Trans ta, Trans tb, std::int64_t m, std::int64_t n, std::int64
 #endif
 }
 
+//! alpha op(A) op(B) + beta C [m, n] (dims `d`, from `gemm_dims`) in fp32, before rounding to C's type: computed
+//! in C itself when C is fp32, else in a thread-local buffer the caller rounds into C. Returns where it is.
+//! `beta == 0` ignores C's contents.
+template <FloatElement T, FloatElement TC>
+[[nodiscard]] float* gemm_fp32(Trans ta, Trans tb, GemmDims d, float alpha, View<const T, Memory> a,
+                               View<const T, Memory> b, float beta, View<TC, Memory> c) {
+  const auto [m, n, k] = d;
+  thread_local std::vector<float> sa, sb, sc;
+  const float* fa = as_float(a.data(), a.numel(), sa);
+  const float* fb = as_float(b.data(), b.numel(), sb);
+  float* fc = nullptr;
+  if constexpr (std::is_same_v<TC, float>) {
+    fc = c.data();
+  } else {
+    sc.resize(static_cast<std::size_t>(m * n));
+    for (std::int64_t i = 0; i < m * n; ++i) sc[static_cast<std::size_t>(i)] = beta == 0.f ? 0.f : float(c.data()[i]);
+    fc = sc.data();
+  }
+  if (k == 0) {
+    for (std::int64_t i = 0; i < m * n; ++i) fc[i] = beta == 0.f ? 0.f : beta * fc[i];
+  } else {
+    sgemm(ta, tb, m, n, k, alpha, fa, a.shape()[1], fb, b.shape()[1], beta, fc, n);
+  }
+  return fc;
+}
+
 }  // namespace detail
 
 //! GEMM on the host backend.
@@ -78,26 +104,11 @@ struct Gemm {
     requires(std::is_same_v<TC, T> || std::is_same_v<TC, float>)
   static void gemm(const Context&, Trans ta, Trans tb, float alpha, View<const T, Memory> a, View<const T, Memory> b, float beta,
                    View<TC, Memory> c) {
-    const auto [m, n, k] = gemm_dims(ta, tb, a.shape(), b.shape(), c.shape());
-    if (m == 0 || n == 0) return;
-    thread_local std::vector<float> sa, sb, sc;
-    const float* fa = detail::as_float(a.data(), a.numel(), sa);
-    const float* fb = detail::as_float(b.data(), b.numel(), sb);
-    float* fc = nullptr;
-    if constexpr (std::is_same_v<TC, float>) {
-      fc = c.data();
-    } else {
-      sc.resize(static_cast<std::size_t>(m * n));
-      for (std::int64_t i = 0; i < m * n; ++i) sc[static_cast<std::size_t>(i)] = beta == 0.f ? 0.f : float(c.data()[i]);
-      fc = sc.data();
-    }
-    if (k == 0) {
-      for (std::int64_t i = 0; i < m * n; ++i) fc[i] = beta == 0.f ? 0.f : beta * fc[i];
-    } else {
-      detail::sgemm(ta, tb, m, n, k, alpha, fa, a.shape()[1], fb, b.shape()[1], beta, fc, n);
-    }
+    const GemmDims d = gemm_dims(ta, tb, a.shape(), b.shape(), c.shape());
+    if (d.m == 0 || d.n == 0) return;
+    const float* fc = detail::gemm_fp32(ta, tb, d, alpha, a, b, beta, c);
     if constexpr (!std::is_same_v<TC, float>)
-      for (std::int64_t i = 0; i < m * n; ++i) c.data()[i] = TC(fc[i]);
+      for (std::int64_t i = 0; i < d.m * d.n; ++i) c.data()[i] = TC(fc[i]);
   }
 };
 
