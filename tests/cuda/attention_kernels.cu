@@ -18,6 +18,7 @@
 
 #include "../support/gradcheck.hpp"
 #include "../support/support.hpp"
+#include "support.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -37,18 +38,16 @@ using px::MemoryCategory;
 using px::Shape;
 using px::View;
 using px::test::bits_of;
+using px::test::gpu::bit_differences;
+using px::test::gpu::check_close;
+using px::test::gpu::gpu_available;
+using px::test::gpu::type_name;
 using HB = px::host::Backend;
 using CB = px::cuda::Backend;
 using HMem = px::host::Memory;
 using CMem = px::cuda::Memory;
 using i64 = std::int64_t;
 
-bool gpu_available() { return CB::device_count() > 0; }
-
-template <class T>
-const char* type_name() {
-  return std::is_same_v<T, float> ? "fp32" : std::is_same_v<T, bf16> ? "bf16" : "fp16";
-}
 
 // Relative tolerance of the tensor-core path (out, dq, dk, dv) against the host.
 template <class T>
@@ -58,30 +57,7 @@ template <class T>
 constexpr double simt_rtol = std::is_same_v<T, float> ? 1e-5 : 1e-2;
 constexpr double lse_rtol = 1e-4;
 
-// max |got - want| <= rtol * max |want| + 1e-6; NaN fails.
-template <class T>
-void check_close(const std::vector<T>& got_t, const std::vector<T>& want_t, double rel, const std::string& what) {
-  INFO(what);
-  REQUIRE(got_t.size() == want_t.size());
-  double scale = 0, worst = 0;
-  for (const T& w : want_t) scale = std::max(scale, std::fabs(double(float(w))));
-  i64 bad = 0;
-  for (std::size_t i = 0; i < got_t.size(); ++i) {
-    const double err = std::fabs(double(float(got_t[i])) - double(float(want_t[i])));
-    if (!(err <= rel * scale + 1e-6)) ++bad;
-    if (!(err <= worst)) worst = err;
-  }
-  INFO("worst |got - want| " << worst << " against max |want| " << scale << " (rtol " << rel << ")");
-  CHECK(bad == 0);
-}
 
-template <class T>
-i64 bit_differences(const std::vector<T>& a, const std::vector<T>& b) {
-  if (a.size() != b.size()) return -1;
-  i64 bad = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) bad += bits_of(a[i]) != bits_of(b[i]);
-  return bad;
-}
 
 // ---- problems ----------------------------------------------------------------------------------------------------
 

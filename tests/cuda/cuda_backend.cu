@@ -20,6 +20,7 @@
 #include <catch2/catch.hpp>
 
 #include "../support/support.hpp"
+#include "support.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -35,6 +36,8 @@
 #include <vector>
 
 using parallax::test::bits_of;
+using parallax::test::gpu::gpu_available;
+using parallax::test::gpu::type_name;
 
 namespace {
 
@@ -62,15 +65,9 @@ static_assert(std::is_nothrow_move_constructible_v<cu::Context> && !std::is_copy
 static_assert(std::is_nothrow_move_constructible_v<cu::Stream> && !std::is_copy_constructible_v<cu::Stream>);
 static_assert(std::is_nothrow_move_constructible_v<cu::Event> && !std::is_copy_constructible_v<cu::Event>);
 
-bool gpu_available() { return CB::device_count() > 0; }
-
 template <class T>
 constexpr bool is_half = std::is_same_v<T, bf16> || std::is_same_v<T, fp16>;
 
-template <class T>
-const char* type_name() {
-  return std::is_same_v<T, float> ? "fp32" : std::is_same_v<T, bf16> ? "bf16" : "fp16";
-}
 
 template <class T>
 std::vector<T> random_values(std::int64_t n, std::uint32_t seed, float lo = -1.f, float hi = 1.f) {

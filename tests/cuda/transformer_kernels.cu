@@ -33,6 +33,7 @@
 
 #include "../support/gradcheck.hpp"
 #include "../support/support.hpp"
+#include "support.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -51,6 +52,10 @@ using px::MemoryCategory;
 using px::Shape;
 using px::View;
 using px::test::bits_of;
+using px::test::gpu::bit_differences;
+using px::test::gpu::check_close;
+using px::test::gpu::gpu_available;
+using px::test::gpu::type_name;
 using px::test::error_of;
 using HB = px::host::Backend;
 using CB = px::cuda::Backend;
@@ -65,12 +70,6 @@ using HCV = View<const T, HMem>;
 
 static_assert(px::Backend<CB>, "cuda::Backend must model parallax::Backend");
 
-bool gpu_available() { return CB::device_count() > 0; }
-
-template <class T>
-const char* type_name() {
-  return std::is_same_v<T, float> ? "fp32" : "bf16";
-}
 
 // ---- data and comparisons --------------------------------------------------------------------------------------
 
@@ -90,43 +89,15 @@ std::vector<T> quarters(i64 n, std::uint64_t seed) {
   return out;
 }
 
-template <class T>
-std::vector<float> floats(const std::vector<T>& v) {
-  return std::vector<float>(v.begin(), v.end());
-}
-
 // Relative tolerance of a GPU result against the host's: fp32 math in another order, stored as T.
 template <class T>
 constexpr double rtol = std::is_same_v<T, float> ? 1e-5 : 1e-2;
 
-// max |got - want| <= rtol * max |want| + 1e-6 (1e-6 absolute for an all-zero reference); NaN fails.
-inline void check_close(const std::vector<float>& got, const std::vector<float>& want, double rel,
-                        const std::string& what) {
-  INFO(what);
-  REQUIRE(got.size() == want.size());
-  double scale = 0, worst = 0;
-  for (float w : want) scale = std::max(scale, double(std::fabs(w)));
-  i64 bad = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(double(got[i]) - double(want[i]));
-    if (!(err <= rel * scale + 1e-6)) ++bad;
-    if (!(err <= worst)) worst = err;
-  }
-  INFO("worst |got - want| " << worst << " against max |want| " << scale << " (rtol " << rel << ")");
-  CHECK(bad == 0);
-}
 template <class T>
 void check_close(const std::vector<T>& got, const std::vector<T>& want, const std::string& what) {
-  check_close(floats(got), floats(want), rtol<T>, what);
+  check_close(got, want, rtol<T>, what);
 }
 
-template <class T>
-i64 bit_differences(const std::vector<T>& a, const std::vector<T>& b) {
-  if (a.size() != b.size()) return -1;
-  i64 bad = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) bad += bits_of(a[i]) != bits_of(b[i]);
-  return bad;
-}
 
 // Device tensors of one test, with their accounting.
 struct Device {
