@@ -11,7 +11,6 @@
 #include <chrono>
 #include <concepts>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <optional>
 #include <span>
@@ -102,11 +101,8 @@ void with_dynamic_mesh(const px::MeshShape& s, px::Rank<Backend>& rank, F&& f) {
 template <class B, class T>
 class Optimizer {
  public:
-  using Parameter = px::nn::Parameter<T, typename B::Memory>;
   virtual ~Optimizer() = default;
   virtual px::optim::StepReport step() = 0;
-  //! `p`'s local tensor (collective over DP under ZeRO-3).
-  virtual std::vector<T> value(const Parameter& p) = 0;
 };
 
 //! `ShardedOptimizer<AdamW, Z, Mesh, B>` as an `Optimizer`.
@@ -117,7 +113,6 @@ class ShardedAdamW final : public Optimizer<B, T> {
                px::optim::ShardedOptions options)
       : opt_(mesh, params, hyper, std::move(options)) {}
   px::optim::StepReport step() override { return opt_.step(); }
-  std::vector<T> value(const typename Optimizer<B, T>::Parameter& p) override { return opt_.value(p); }
 
  private:
   px::ShardedOptimizer<px::optim::AdamW, Z, Mesh, B> opt_;
@@ -228,21 +223,6 @@ gpt::EvalStats evaluate(Mesh& mesh, Pipeline<B, T>& pipeline, const gpt::Dataset
   return total;
 }
 
-//! The weights as `opt` holds them (gathered under ZeRO-3), written to `path` with Hugging Face's names.
-template <class Mesh, class B, class T>
-void save(Mesh& mesh, Optimizer<B, T>& opt, const px::nn::ParameterList<T, typename B::Memory>& params,
-          const std::string& path) {
-  std::deque<px::nn::Parameter<T, typename B::Memory>> copies;
-  px::nn::ParameterList<T, typename B::Memory> list;
-  for (const auto* p : params) {
-    const std::vector<T> value = opt.value(*p);
-    auto& copy = copies.emplace_back(px::mesh_rank<B>(mesh).allocator(), p->spec());
-    px::copy_from(copy.value(), std::span<const T>(value));
-    list.push_back(&copy);
-  }
-  px::checkpoint::save(mesh, list, path, gpt::hf_names());
-}
-
 //! One rank's run on `mesh`.
 template <class Mesh, class B, class T>
 void train(Mesh& mesh, const Plan& plan, Report& report) {
@@ -310,7 +290,8 @@ void train(Mesh& mesh, const Plan& plan, Report& report) {
 
   const gpt::EvalStats s = evaluate(mesh, *pipeline, plan.eval, plan);
   if (rank.id() == 0) report.eval = s;
-  if (!o.save.empty()) save(mesh, *opt, params, o.save);
+  // Collective; under ZeRO-3 each parameter is gathered over DP as it is read, like a forward reads it.
+  if (!o.save.empty()) px::checkpoint::save(mesh, params, o.save, gpt::hf_names());
   (void)take_peaks(rank.memory(), report, rank.id());
   if (rank.id() == 0) report.seconds = std::chrono::duration<double>(Clock::now() - started).count();
 }

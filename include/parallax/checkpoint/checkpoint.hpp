@@ -263,7 +263,8 @@ inline void write_pieces(const std::vector<Piece>& pieces, const std::filesystem
 //! parameter's full tensor. Collective: every rank of the mesh calls it with its own parameters (the same
 //! names in the same order on the ranks of one pipeline stage).
 //!
-//! Each parameter is gathered over its sharded axis (`tp::gather_parameter`); the ranks at DP = CP = TP = 0
+//! Each parameter is read as a module reads it (`acquire_value`, so under a ZeRO-3 optimizer it is gathered over
+//! DP first) and gathered over its sharded axis (`tp::gather_parameter`); the ranks at DP = CP = TP = 0
 //! (one per pipeline stage, whose replicas hold the same values) send their stage's tensors to world rank 0,
 //! which writes them converted to `o.dtype` (transposed where the map says so; tied parameters are not written,
 //! their tensor must be saved by another parameter of the same shape) into a temporary file, then renames it
@@ -278,12 +279,12 @@ void save(Mesh& mesh, const nn::ParameterList<T, Space>& params, const std::file
   detail::Staging<Space> staging(mesh.rank());
   Communicator& world = mesh.world();
   // Plan: each parameter's mapping and file shape; agreed on before any data moves.
-  std::vector<std::pair<const nn::Parameter<T, Space>*, Mapping>> plan;
+  std::vector<std::pair<nn::Parameter<T, Space>*, Mapping>> plan;
   std::string error;
   try {
     if (o.dtype != DType::f32 && o.dtype != DType::bf16 && o.dtype != DType::f16)
       throw Error(fmt::format("checkpoint::save: file dtype {} is not f32, bf16 or f16", name(o.dtype)));
-    for (const auto* p : params) {
+    for (auto* p : params) {
       auto m = map(p->name());
       if (!m) continue;
       if (m->tensor.empty())
@@ -311,7 +312,10 @@ void save(Mesh& mesh, const nn::ParameterList<T, Space>& params, const std::file
   for (const auto& [p, m] : plan) {
     detail::Piece piece{m.tensor, p->name(), detail::file_shape(p->spec(), m), m.tied, {}};
     if (!m.tied) {
-      const std::vector<T> full = tp::gather_parameter(mesh, *p);
+      // Read as a module reads it, so a ZeRO-3 optimizer gathers it (collective over DP, in the same order).
+      const auto value = View<const T, Space>(p->acquire_value());
+      const std::vector<T> full = tp::detail::gather_shards(mesh, p->spec(), value);
+      p->release_value();
       if (!contributes) continue;
       piece.data.reserve(full.size());
       for (const T& x : full) piece.data.push_back(static_cast<float>(x));

@@ -95,7 +95,7 @@ class FlatParameters {
         load(b, gathered_[b].view());
         const std::int64_t n = layout_.bucket(b).slice(layout_.parts());
         copy(owned(b), View<const T, Memory>(gathered_[b].view().rows(group.rank() * n, (group.rank() + 1) * n)));
-        gathered_[b].reset();
+        free_gathered(b);
       }
     } else {
       flat_ = Tensor<T, Memory>(rank.allocator(), Shape{layout_.padded_numel()}, MemoryCategory::parameters);
@@ -110,9 +110,25 @@ class FlatParameters {
   }
   FlatParameters(const FlatParameters&) = delete;
   FlatParameters& operator=(const FlatParameters&) = delete;
-  //! Waits for the gathers in flight and removes the hooks.
+  //! Waits for the gathers in flight, gives the parameters owned storage holding their values (replicated, or
+  //! gathered at the time; a ZeRO-3 parameter that is not stays detached: its value no longer exists whole) and
+  //! removes the hooks.
   ~FlatParameters() {
     detail::drain(works_);
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      const std::size_t b = layout_.slot(i).bucket;
+      try {
+        if (!sharded_ || bound_[b])
+          params_[i]->own_value();
+        else
+          params_[i]->detach_value(fmt::format("Parameter '{}': its value was sharded over DP by a ZeRO-3 optimizer "
+                                               "that no longer exists; read it through ShardedOptimizer::value "
+                                               "before destroying the optimizer",
+                                               params_[i]->name()));
+      } catch (...) {
+        params_[i]->detach_value("out of memory");  // (short: no allocation) never a view of freed buffers
+      }
+    }
     for (auto* p : params_) {
       auto h = p->hooks();
       h.before_value = nullptr;
@@ -156,8 +172,7 @@ class FlatParameters {
         throw Error(fmt::format("FlatParameters: bucket {} is released while {} read(s) of its parameters are open", b,
                                 in_use_[b]),
                     rank_->id());
-      gathered_[b].reset();
-      bound_[b] = false;
+      free_gathered(b);
     }
     if (sharded_) {
       recording_ = order_.empty();
@@ -193,6 +208,17 @@ class FlatParameters {
     }
     group_->broadcast(dst, 0);
   }
+  //! Frees bucket `b`'s gathered values, detaching its parameters' values from them first.
+  void free_gathered(std::size_t b) {
+    const auto& k = layout_.bucket(b);
+    for (std::size_t i = k.first; i < k.first + k.count; ++i)
+      params_[i]->detach_value(fmt::format("Parameter '{}': its value is sharded over DP (ZeRO-3) and exists whole "
+                                           "only while a module reads it (acquire_value); read it through "
+                                           "ShardedOptimizer::value",
+                                           params_[i]->name()));
+    gathered_[b].reset();
+    bound_[b] = false;
+  }
   //! Parameter `i`'s slice of its bucket's padded values `values`.
   [[nodiscard]] View<T, Memory> slice(View<T, Memory> values, std::size_t i) const {
     const auto& s = layout_.slot(i);
@@ -218,8 +244,7 @@ class FlatParameters {
     for (std::size_t b = 0; b < gathered_.size(); ++b)
       if (b != keep && in_use_[b] == 0 && !gathered_[b].empty()) {
         works_[b].wait();
-        gathered_[b].reset();
-        bound_[b] = false;
+        free_gathered(b);
       }
   }
 

@@ -112,7 +112,7 @@ class GradientBuckets {
       staging_.resize(nb);
       for (std::size_t b = 0; b < nb; ++b) {  // frees the modules' own gradient storage
         stage(b);
-        staging_[b].reset();
+        free_staging(b);
       }
     } else {
       full_ = Tensor<T, Memory>(rank.allocator(), Shape{layout_.padded_numel()}, MemoryCategory::gradients);
@@ -131,10 +131,16 @@ class GradientBuckets {
   }
   GradientBuckets(const GradientBuckets&) = delete;
   GradientBuckets& operator=(const GradientBuckets&) = delete;
-  //! Waits for the reductions in flight and removes the hooks.
+  //! Waits for the reductions in flight, gives the gradients owned storage (holding what they hold; zeros where
+  //! only a reduced slice existed) and removes the hooks.
   ~GradientBuckets() {
     detail::drain(works_);
     for (auto* p : params_) {
+      try {
+        p->own_grad();
+      } catch (...) {
+        p->detach_grad("out of memory");  // (short: no allocation) never a view of freed buffers
+      }
       auto h = p->hooks();
       h.before_grad = nullptr;
       h.after_grad = nullptr;
@@ -164,7 +170,7 @@ class GradientBuckets {
     const auto t0 = std::chrono::steady_clock::now();
     for (std::size_t b = 0; b < works_.size(); ++b) {
       works_[b].wait();
-      if (options_.shard) staging_[b].reset();
+      if (options_.shard) free_staging(b);
     }
     in_flight_.clear();
     exposed_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -204,6 +210,15 @@ class GradientBuckets {
   static View<T, Memory> slice(View<T, Memory> flat, std::int64_t offset, const Shape& shape) {
     return flat.rows(offset, offset + shape.numel()).reshape(shape);
   }
+  //! Frees bucket `b`'s full gradient buffer, detaching its parameters' gradients from it first.
+  void free_staging(std::size_t b) {
+    const auto& k = layout_.bucket(b);
+    for (std::size_t i = k.first; i < k.first + k.count; ++i)
+      params_[i]->detach_grad(fmt::format("Parameter '{}': its gradient is sharded over DP (ZeRO-2/3); after its "
+                                          "bucket's reduce-scatter only this rank's slice exists, in the optimizer",
+                                          params_[i]->name()));
+    staging_[b].reset();
+  }
   //! Allocates bucket `b`'s full gradient buffer (zeroed) and binds its parameters' gradients to it.
   void stage(std::size_t b) {
     const auto& k = layout_.bucket(b);
@@ -217,13 +232,13 @@ class GradientBuckets {
     std::erase_if(in_flight_, [&](std::size_t b) {
       if (!works_[b].ready()) return false;
       works_[b].wait();
-      staging_[b].reset();
+      free_staging(b);
       return true;
     });
     while (in_flight_.size() >= static_cast<std::size_t>(options_.max_in_flight)) {
       const std::size_t b = in_flight_.front();
       works_[b].wait();
-      staging_[b].reset();
+      free_staging(b);
       in_flight_.erase(in_flight_.begin());
     }
   }

@@ -35,7 +35,10 @@ struct ParameterHooks {
 //!
 //! Value and gradient live in storage the parameter owns until someone binds other storage to them:
 //! data-parallel gradient buckets bind each gradient to a slice of a flat buffer, and ZeRO-3 binds the
-//! value to a gathered buffer only while a module runs. Binding frees the owned storage.
+//! value to a gathered buffer only while a module runs. Binding frees the owned storage. Whoever bound
+//! storage detaches it before freeing it (`detach_value`/`detach_grad`: reading the value or gradient then
+//! throws, saying why, instead of reading freed memory) and gives the parameter owned storage back when it
+//! goes away (`own_value`/`own_grad`).
 //! @code
 //! Parameter<float, host::Memory> w(alloc, ShardSpec::replicated("fc.weight", Shape{16, 8}));
 //! init_shard(w.value(), w.spec(), init::normal(0.02f, seed_for(7, w.name())));
@@ -48,23 +51,31 @@ class Parameter {
 
   Parameter(Allocator<Space>& allocator, ShardSpec spec)
       : spec_(std::move(spec)),
-        value_store_(allocator, spec_.local_shape(), MemoryCategory::parameters),
-        grad_store_(allocator, spec_.local_shape(), MemoryCategory::gradients),
+        shape_(spec_.local_shape()),
+        allocator_(&allocator),
+        value_store_(allocator, shape_, MemoryCategory::parameters),
+        grad_store_(allocator, shape_, MemoryCategory::gradients),
         value_(value_store_.view()),
         grad_(grad_store_.view()) {}
 
   [[nodiscard]] const ShardSpec& spec() const noexcept { return spec_; }
   [[nodiscard]] const std::string& name() const noexcept { return spec_.name; }
-  [[nodiscard]] const Shape& shape() const noexcept { return value_.shape(); }
-  [[nodiscard]] std::int64_t numel() const noexcept { return value_.numel(); }
-  //! This rank's shard of the value, and its gradient.
-  [[nodiscard]] View<T, Space> value() const noexcept { return value_; }
-  [[nodiscard]] View<T, Space> grad() const noexcept { return grad_; }
+  [[nodiscard]] const Shape& shape() const noexcept { return shape_; }
+  [[nodiscard]] std::int64_t numel() const noexcept { return shape_.numel(); }
+  //! This rank's shard of the value, and its gradient. Throw, saying why, while detached.
+  [[nodiscard]] View<T, Space> value() const {
+    if (!value_detached_.empty()) throw Error(value_detached_, allocator_->rank());
+    return value_;
+  }
+  [[nodiscard]] View<T, Space> grad() const {
+    if (!grad_detached_.empty()) throw Error(grad_detached_, allocator_->rank());
+    return grad_;
+  }
 
   //! The value for a read by a module: runs the `before_value` hook first (ZeRO-3 gathers it there).
   [[nodiscard]] View<T, Space> acquire_value() {
     if (hooks_.before_value) hooks_.before_value(*this);
-    return value_;
+    return value();
   }
   //! Ends a read begun with `acquire_value`.
   void release_value() {
@@ -73,7 +84,7 @@ class Parameter {
   //! The gradient for an accumulation by a module's backward_weight: runs the `before_grad` hook first.
   [[nodiscard]] View<T, Space> acquire_grad() {
     if (hooks_.before_grad) hooks_.before_grad(*this);
-    return grad_;
+    return grad();
   }
   //! Ends an accumulation begun with `acquire_grad`: this microbatch's gradient is in (`after_grad` hook).
   void release_grad() {
@@ -89,22 +100,42 @@ class Parameter {
   [[nodiscard]] bool shared_copy() const noexcept { return shared_copy_; }
   void set_shared_copy(bool shared) noexcept { shared_copy_ = shared; }
 
-  //! Sets the gradient to zero.
+  //! Sets the gradient to zero (nothing while it is detached).
   void zero_grad() const {
-    if (!grad_.empty()) Space::zero(grad_.data(), grad_.bytes());
+    if (grad_detached_.empty() && !grad_.empty()) Space::zero(grad_.data(), grad_.bytes());
   }
   //! Makes `storage` (same shape) the gradient, freeing owned storage; returns the previous binding.
   View<T, Space> bind_grad(View<T, Space> storage) {
     check_binding("bind_grad", storage);
     grad_store_.reset();
+    grad_detached_.clear();
     return std::exchange(grad_, storage);
   }
   //! Makes `storage` (same shape) the value, freeing owned storage; returns the previous binding.
   View<T, Space> bind_value(View<T, Space> storage) {
     check_binding("bind_value", storage);
     value_store_.reset();
+    value_detached_.clear();
     return std::exchange(value_, storage);
   }
+  //! Drops the bound value (its storage is about to be freed): until storage is bound again, `value()` and
+  //! `acquire_value()` throw an Error saying `why` (what holds the value, where to read it instead).
+  void detach_value(std::string why) {
+    value_store_.reset();
+    value_ = {};
+    value_detached_ = std::move(why);
+  }
+  //! Drops the bound gradient, like `detach_value`.
+  void detach_grad(std::string why) {
+    grad_store_.reset();
+    grad_ = {};
+    grad_detached_ = std::move(why);
+  }
+  //! Gives the value owned storage again, holding its current contents (zeros when detached); nothing when it
+  //! owns its storage already. For whoever bound storage, before that storage goes away.
+  void own_value() { own(value_store_, value_, value_detached_, MemoryCategory::parameters); }
+  //! Gives the gradient owned storage again, like `own_value`.
+  void own_grad() { own(grad_store_, grad_, grad_detached_, MemoryCategory::gradients); }
 
  private:
   void check_binding(const char* op, const View<T, Space>& v) const {
@@ -113,10 +144,22 @@ class Parameter {
                               spec_.local_shape()));
   }
 
+  void own(Tensor<T, Space>& store, View<T, Space>& view, std::string& detached, MemoryCategory category) {
+    if (!store.empty() && store.data() == view.data()) return;
+    Tensor<T, Space> owned(*allocator_, shape_, category);
+    if (detached.empty()) copy(owned.view(), View<const T, Space>(view));
+    store = std::move(owned);
+    view = store.view();
+    detached.clear();
+  }
+
   ShardSpec spec_;
+  Shape shape_;  // the local shard's
+  Allocator<Space>* allocator_;
   Tensor<T, Space> value_store_, grad_store_;
   View<T, Space> value_, grad_;
   ParameterHooks<T, Space> hooks_;
+  std::string value_detached_, grad_detached_;  // why value() / grad() throw; empty: they don't
   bool shared_copy_ = false;
 };
 
