@@ -121,12 +121,10 @@ class FlatParameters {
         if (!sharded_ || bound_[b])
           params_[i]->own_value();
         else
-          params_[i]->detach_value(fmt::format("Parameter '{}': its value was sharded over DP by a ZeRO-3 optimizer "
-                                               "that no longer exists; read it through ShardedOptimizer::value "
-                                               "before destroying the optimizer",
-                                               params_[i]->name()));
+          params_[i]->detach_value("was sharded over DP by a ZeRO-3 optimizer that no longer exists; read it "
+                                   "through ShardedOptimizer::value before destroying the optimizer");
       } catch (...) {
-        params_[i]->detach_value("out of memory");  // (short: no allocation) never a view of freed buffers
+        params_[i]->detach_value("could not be given storage when its optimizer went (out of memory)");
       }
     }
     for (auto* p : params_) {
@@ -212,10 +210,8 @@ class FlatParameters {
   void free_gathered(std::size_t b) {
     const auto& k = layout_.bucket(b);
     for (std::size_t i = k.first; i < k.first + k.count; ++i)
-      params_[i]->detach_value(fmt::format("Parameter '{}': its value is sharded over DP (ZeRO-3) and exists whole "
-                                           "only while a module reads it (acquire_value); read it through "
-                                           "ShardedOptimizer::value",
-                                           params_[i]->name()));
+      params_[i]->detach_value("is sharded over DP (ZeRO-3) and exists whole only while a module reads it "
+                               "(acquire_value); read it through ShardedOptimizer::value");
     gathered_[b].reset();
     bound_[b] = false;
   }

@@ -139,7 +139,7 @@ class GradientBuckets {
       try {
         p->own_grad();
       } catch (...) {
-        p->detach_grad("out of memory");  // (short: no allocation) never a view of freed buffers
+        p->detach_grad("could not be given storage when its optimizer went (out of memory)");
       }
       auto h = p->hooks();
       h.before_grad = nullptr;
@@ -214,9 +214,8 @@ class GradientBuckets {
   void free_staging(std::size_t b) {
     const auto& k = layout_.bucket(b);
     for (std::size_t i = k.first; i < k.first + k.count; ++i)
-      params_[i]->detach_grad(fmt::format("Parameter '{}': its gradient is sharded over DP (ZeRO-2/3); after its "
-                                          "bucket's reduce-scatter only this rank's slice exists, in the optimizer",
-                                          params_[i]->name()));
+      params_[i]->detach_grad("is sharded over DP (ZeRO-2/3): after its bucket's reduce-scatter only this rank's "
+                              "slice exists, in the optimizer");
     staging_[b].reset();
   }
   //! Allocates bucket `b`'s full gradient buffer (zeroed) and binds its parameters' gradients to it.

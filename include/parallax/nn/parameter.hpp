@@ -64,11 +64,11 @@ class Parameter {
   [[nodiscard]] std::int64_t numel() const noexcept { return shape_.numel(); }
   //! This rank's shard of the value, and its gradient. Throw, saying why, while detached.
   [[nodiscard]] View<T, Space> value() const {
-    if (!value_detached_.empty()) throw Error(value_detached_, allocator_->rank());
+    if (value_detached_ != nullptr) throw detached_error("value", value_detached_);
     return value_;
   }
   [[nodiscard]] View<T, Space> grad() const {
-    if (!grad_detached_.empty()) throw Error(grad_detached_, allocator_->rank());
+    if (grad_detached_ != nullptr) throw detached_error("gradient", grad_detached_);
     return grad_;
   }
 
@@ -102,34 +102,35 @@ class Parameter {
 
   //! Sets the gradient to zero (nothing while it is detached).
   void zero_grad() const {
-    if (grad_detached_.empty() && !grad_.empty()) Space::zero(grad_.data(), grad_.bytes());
+    if (grad_detached_ == nullptr && !grad_.empty()) Space::zero(grad_.data(), grad_.bytes());
   }
   //! Makes `storage` (same shape) the gradient, freeing owned storage; returns the previous binding.
   View<T, Space> bind_grad(View<T, Space> storage) {
     check_binding("bind_grad", storage);
     grad_store_.reset();
-    grad_detached_.clear();
+    grad_detached_ = nullptr;
     return std::exchange(grad_, storage);
   }
   //! Makes `storage` (same shape) the value, freeing owned storage; returns the previous binding.
   View<T, Space> bind_value(View<T, Space> storage) {
     check_binding("bind_value", storage);
     value_store_.reset();
-    value_detached_.clear();
+    value_detached_ = nullptr;
     return std::exchange(value_, storage);
   }
   //! Drops the bound value (its storage is about to be freed): until storage is bound again, `value()` and
-  //! `acquire_value()` throw an Error saying `why` (what holds the value, where to read it instead).
-  void detach_value(std::string why) {
+  //! `acquire_value()` throw an Error "Parameter '<name>': its value <why>" (`why`, a string literal: what holds
+  //! the value, where to read it instead). Allocates nothing: optimizers detach on every step.
+  void detach_value(const char* why) noexcept {
     value_store_.reset();
     value_ = {};
-    value_detached_ = std::move(why);
+    value_detached_ = why;
   }
-  //! Drops the bound gradient, like `detach_value`.
-  void detach_grad(std::string why) {
+  //! Drops the bound gradient, like `detach_value` ("Parameter '<name>': its gradient <why>").
+  void detach_grad(const char* why) noexcept {
     grad_store_.reset();
     grad_ = {};
-    grad_detached_ = std::move(why);
+    grad_detached_ = why;
   }
   //! Gives the value owned storage again, holding its current contents (zeros when detached); nothing when it
   //! owns its storage already. For whoever bound storage, before that storage goes away.
@@ -144,13 +145,16 @@ class Parameter {
                               spec_.local_shape()));
   }
 
-  void own(Tensor<T, Space>& store, View<T, Space>& view, std::string& detached, MemoryCategory category) {
+  void own(Tensor<T, Space>& store, View<T, Space>& view, const char*& detached, MemoryCategory category) {
     if (!store.empty() && store.data() == view.data()) return;
     Tensor<T, Space> owned(*allocator_, shape_, category);
-    if (detached.empty()) copy(owned.view(), View<const T, Space>(view));
+    if (detached == nullptr) copy(owned.view(), View<const T, Space>(view));
     store = std::move(owned);
     view = store.view();
-    detached.clear();
+    detached = nullptr;
+  }
+  [[nodiscard]] Error detached_error(const char* what, const char* why) const {
+    return Error(fmt::format("Parameter '{}': its {} {}", spec_.name, what, why), allocator_->rank());
   }
 
   ShardSpec spec_;
@@ -159,7 +163,8 @@ class Parameter {
   Tensor<T, Space> value_store_, grad_store_;
   View<T, Space> value_, grad_;
   ParameterHooks<T, Space> hooks_;
-  std::string value_detached_, grad_detached_;  // why value() / grad() throw; empty: they don't
+  const char* value_detached_ = nullptr;  // why value() throws (a literal); null: it doesn't
+  const char* grad_detached_ = nullptr;   // why grad() throws
   bool shared_copy_ = false;
 };
 
