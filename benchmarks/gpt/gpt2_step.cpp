@@ -176,20 +176,6 @@ Device device() {
 #endif
 }
 
-//! Fills `v` with Normal(0, std) values: a random block generated on the host and repeated over the view, so that
-//! filling gigabytes of device memory takes no longer than a few megabytes.
-template <px::FloatElement T>
-void fill_random(px::View<T, Memory> v, float std, std::uint64_t seed) {
-  const std::int64_t n = v.numel(), block = std::min<std::int64_t>(n, std::int64_t{1} << 22);
-  if (n == 0) return;
-  const auto flat = v.flatten();
-  px::init::fill(flat.rows(0, block), px::init::normal(std, seed));
-  for (std::int64_t at = block; at < n; at += block) {
-    const std::int64_t len = std::min(block, n - at);
-    px::copy(flat.rows(at, at + len), px::View<const T, Memory>(flat.rows(0, len)));
-  }
-}
-
 //! Bytes read + written per second by one copy of a large buffer: best of 5 after a warm-up.
 double copy_bandwidth(px::Rank<B>& rank) {
   if constexpr (!on_device) {
@@ -199,7 +185,7 @@ double copy_bandwidth(px::Rank<B>& rank) {
     const std::int64_t n = std::int64_t{512} << 18;  // 512 MiB of floats
     const auto ws = px::MemoryCategory::workspace;
     px::Tensor<float, Memory> src(rank.allocator(), px::Shape{n}, ws), dst(rank.allocator(), px::Shape{n}, ws);
-    fill_random(src.view(), 1.f, 3);
+    px::bench::fill_random(src.view(), 1.f, 3);
     double best = 0;
     for (int k = 0; k <= 5; ++k) {
       rank.context().synchronize();
@@ -213,27 +199,6 @@ double copy_bandwidth(px::Rank<B>& rank) {
   }
 }
 
-//! FLOP/s of B::gemm on a square n x n x n product of T on random data: best of 5 after a warm-up.
-template <class T>
-double gemm_rate(px::Rank<B>& rank) {
-  const std::int64_t n = on_device ? 8192 : 256;
-  const auto ws = px::MemoryCategory::workspace;
-  px::Tensor<T, Memory> a(rank.allocator(), px::Shape{n, n}, ws), b(rank.allocator(), px::Shape{n, n}, ws),
-      c(rank.allocator(), px::Shape{n, n}, ws);
-  fill_random(a.view(), 1.f, 1);
-  fill_random(b.view(), 1.f, 2);
-  double best = 0;
-  for (int k = 0; k <= 5; ++k) {
-    rank.context().synchronize();
-    const auto t0 = Clock::now();
-    B::gemm(rank.context(), px::Trans::N, px::Trans::N, 1.f, a.cview(), b.cview(), 0.f, c.view());
-    rank.context().synchronize();
-    const double s = seconds_since(t0);
-    if (k > 0)
-      best = std::max(best, 2.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(n) / s);
-  }
-  return best;
-}
 
 // ---------------------------------------------------------------------------------------------------------------------
 // The training step.
@@ -370,7 +335,7 @@ struct Operands {
     }
     ();
     auto& t = list.emplace_back(rank->allocator(), shape, px::MemoryCategory::workspace);
-    fill_random(t.view(), 1.f, ++seed);
+    px::bench::fill_random(t.view(), 1.f, ++seed);
     return t.view();
   }
   //! `count` ids drawn uniformly from [0, range).
@@ -547,7 +512,7 @@ int run(const Options& o) {
   const Device dev = device();
   double gemm_flops = 0, copy_bytes = 0;
   px::launch<B>(1, [&](px::Rank<B>& rank) {
-    gemm_flops = gemm_rate<T>(rank);
+    gemm_flops = px::bench::gemm_flops<B, T>(rank, on_device ? 8192 : 256);
     copy_bytes = copy_bandwidth(rank);
   });
   const std::string peak_source = o.peak_tflops > 0          ? "--peak-tflops"

@@ -27,6 +27,7 @@
 #include <parallax/tp/transformer_block.hpp>
 
 #include "../support/cli.hpp"
+#include "../support/floors.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -92,21 +93,9 @@ Options parse(int argc, char** argv) {
 
 // fp32 GFLOP/s of host::Backend::gemm on one thread: C[n, n] = A[n, n] B[n, n], best of 5 after one warm-up.
 double gemm_peak_gflops(std::int64_t n) {
-  double best = 0;
-  px::launch<B>(1, [&](px::Rank<B>& rank) {
-    const px::Shape s{n, n};
-    const auto ws = px::MemoryCategory::workspace;
-    px::Tensor<float, B::Memory> a(rank.allocator(), s, ws), b(rank.allocator(), s, ws), c(rank.allocator(), s, ws);
-    px::init::fill(a.view(), px::init::uniform(-1.f, 1.f, 1));
-    px::init::fill(b.view(), px::init::uniform(-1.f, 1.f, 2));
-    for (int k = 0; k < 6; ++k) {
-      const auto t0 = Clock::now();
-      B::gemm(rank.context(), px::Trans::N, px::Trans::N, 1.f, a.cview(), b.cview(), 0.f, c.view());
-      const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-      if (k > 0) best = std::max(best, 2.0 * static_cast<double>(n * n * n) / seconds / 1e9);
-    }
-  });
-  return best;
+  double flops = 0;
+  px::launch<B>(1, [&](px::Rank<B>& rank) { flops = px::bench::gemm_flops<B, float>(rank, n); });
+  return flops / 1e9;
 }
 
 // One forward + backward of the block on `tp` ranks: the median over iterations of the slowest rank's seconds,
