@@ -98,4 +98,5 @@
 #include "backend/cuda/reduce.cuh"
 #include "comm/nccl_bootstrap.hpp"
 #include "comm/nccl_communicator.hpp"
+#include "comm/nccl_launch.hpp"
 #endif

@@ -218,3 +218,36 @@ TEST_CASE("launch: each rank has its own memory accounting", "[comm][launch]") {
     CHECK(peak[r] == (r + 1) * 100 * sizeof(float));
   }
 }
+
+TEST_CASE("launch picks its transport: NCCL only where every rank has a GPU, an error where that was asked and "
+          "cannot be", "[comm][launch]") {
+  using parallax::LaunchTransport;
+  using parallax::detail::launch_uses_nccl;
+  // (transport, ranks, devices) -> NCCL?   devices -1: a backend without devices
+  CHECK(launch_uses_nccl(LaunchTransport::automatic, 1, 1, "cuda::Backend"));   // world size 1: real NCCL
+  CHECK(launch_uses_nccl(LaunchTransport::automatic, 8, 8, "cuda::Backend"));
+  CHECK_FALSE(launch_uses_nccl(LaunchTransport::automatic, 8, 1, "cuda::Backend"));  // 8 ranks share one GPU
+  CHECK_FALSE(launch_uses_nccl(LaunchTransport::automatic, 2, 0, "cuda::Backend"));
+  CHECK_FALSE(launch_uses_nccl(LaunchTransport::automatic, 4, -1, "host::Backend"));
+  CHECK_FALSE(launch_uses_nccl(LaunchTransport::threads, 2, 8, "cuda::Backend"));
+  CHECK(launch_uses_nccl(LaunchTransport::nccl, 2, 8, "cuda::Backend"));
+  CHECK_THROWS_WITH(launch_uses_nccl(LaunchTransport::nccl, 8, 1, "cuda::Backend"),
+                    "launch: LaunchTransport::nccl needs one GPU per rank: 8 ranks, 1 GPUs (NCCL refuses two ranks on "
+                    "one GPU); use LaunchTransport::threads or at most 1 ranks");
+  CHECK_THROWS_WITH(launch_uses_nccl(LaunchTransport::nccl, 2, 0, "cuda::Backend"),
+                    Contains("needs one GPU per rank: 2 ranks, 0 GPUs"));
+
+  // The host backend has no GPUs: asking it for NCCL fails before any rank starts.
+  std::atomic<int> started{0};
+  const Outcome o = run_launch(2, [&](HostRank&) { ++started; }, {.transport = LaunchTransport::nccl});
+  CHECK(o.message ==
+        "launch: LaunchTransport::nccl needs a backend with GPUs (cuda::Backend); host ranks are threads over host "
+        "memory");
+  CHECK(started == 0);
+  // threads and automatic are the thread transport.
+  for (const auto t : {LaunchTransport::automatic, LaunchTransport::threads}) {
+    const Outcome ok = run_launch(2, [&](HostRank& rank) { rank.world().barrier(); }, {.transport = t});
+    CHECK(ok.message.empty());
+  }
+  CHECK(std::string(parallax::name(LaunchTransport::nccl)) == "nccl");
+}

@@ -401,6 +401,7 @@ TEST_CASE("cuda: ThreadCommunicator over GPU memory, 4 ranks on one GPU", "[gpu]
   constexpr std::int64_t count = 1003, chunk = 6, gathered = 5;
   std::vector<std::vector<float>> reduced(n), avg(n), gathers(n), scattered(n);
   std::vector<std::vector<bf16>> half(n);
+  std::vector<int> threads(n);
   px::launch<CB>(n, [&](px::Rank<CB>& rank) {
     const int r = rank.id();
     const auto at = [](int i) { return static_cast<std::size_t>(i); };
@@ -440,10 +441,12 @@ TEST_CASE("cuda: ThreadCommunicator over GPU memory, 4 ranks on one GPU", "[gpu]
     px::copy_from(sin.view(), std::span<const float>(full));
     world.reduce_scatter(sin.cview(), sout.view(), ReduceOp::sum);
     scattered[at(r)] = px::to_vector(sout.cview());
-  });
+    threads[at(r)] = dynamic_cast<px::ThreadCommunicator<CMem>*>(&world.transport()) != nullptr;
+  }, {.transport = px::LaunchTransport::threads});  // on a machine with 4 GPUs the default would be NCCL
 
   for (int r = 0; r < n; ++r) {
     INFO("rank " << r);
+    CHECK(threads[static_cast<std::size_t>(r)] == 1);
     CHECK(reduced[static_cast<std::size_t>(r)] == std::vector<float>(count, 10.f));  // 1 + 2 + 3 + 4
     std::vector<float> want_avg(count);
     for (std::int64_t i = 0; i < count; ++i) {
@@ -548,6 +551,89 @@ TEST_CASE("NcclCommunicator: two GPUs, one thread each, and a mismatch named on 
                Contains("collective #2 on world group {0,1}: mismatched calls: rank 0 all_reduce(fp32, 64, sum), "
                         "rank 1 all_gather(fp32, 64)"));
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// launch<cuda::Backend>: NCCL when every rank has a GPU of its own, the thread transport when ranks share one.
+
+namespace {
+
+//! What a rank of `launch<cuda::Backend>` saw of its world: the transport, an all-reduce, a split group's stream.
+struct LaunchSeen {
+  std::string transport;
+  std::vector<float> sum;
+  bool own_stream = false;  // NCCL: the split group queues on a stream other than the world's
+};
+
+LaunchSeen see_world(px::Rank<CB>& rank) {
+  LaunchSeen seen;
+  auto& world = rank.world();
+  auto* nccl = dynamic_cast<px::NcclCommunicator*>(&world.transport());
+  seen.transport = nccl ? "nccl" : dynamic_cast<px::ThreadCommunicator<CMem>*>(&world.transport()) ? "threads" : "?";
+  px::Tensor<float, CMem> x(rank.allocator(), Shape{257}, MemoryCategory::communication);
+  CB::fill(rank.context(), x.view(), float(rank.id() + 1));  // on the compute stream: the call must wait for it
+  world.all_reduce(x.view(), ReduceOp::sum);
+  px::Communicator half = world.split(rank.id() % 2, rank.id(), "half");
+  half.all_reduce(x.view(), ReduceOp::sum);
+  seen.sum = px::to_vector(x.cview());
+  if (nccl) seen.own_stream = dynamic_cast<px::NcclCommunicator&>(half.transport()).stream() != nccl->stream();
+  return seen;
+}
+
+}  // namespace
+
+TEST_CASE("launch<cuda::Backend>: an NCCL world when every rank has a GPU, threads when asked or when ranks share",
+          "[gpu][cuda][nccl][launch]") {
+  if (!gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  const int gpus = CB::device_count();
+  for (const auto transport : {px::LaunchTransport::automatic, px::LaunchTransport::nccl, px::LaunchTransport::threads}) {
+    for (const int n : {1, 2, gpus + 1}) {
+      const bool nccl = transport != px::LaunchTransport::threads && n <= gpus;
+      if (transport == px::LaunchTransport::nccl && n > gpus) continue;  // an error, below
+      INFO(px::name(transport) << ", " << n << " ranks on " << gpus << " GPUs");
+      std::vector<LaunchSeen> seen(static_cast<std::size_t>(n));
+      px::launch<CB>(n, [&](px::Rank<CB>& rank) { seen[static_cast<std::size_t>(rank.id())] = see_world(rank); },
+                     {.timeout = std::chrono::seconds(60), .transport = transport});
+      const float all = float(n * (n + 1) / 2);
+      for (int r = 0; r < n; ++r) {
+        const auto& s = seen[static_cast<std::size_t>(r)];
+        CHECK(s.transport == (nccl ? "nccl" : "threads"));
+        float half = 0.f;  // the ranks of r's parity, each holding `all` after the world's all-reduce
+        for (int j = r % 2; j < n; j += 2) half += all;
+        CHECK(s.sum == std::vector<float>(257, half));
+        CHECK(s.own_stream == nccl);
+      }
+    }
+  }
+  const auto too_many = px::test::error_of([&] {
+    px::launch<CB>(gpus + 1, [](px::Rank<CB>&) {}, {.transport = px::LaunchTransport::nccl});
+  });
+  CHECK_THAT(too_many, Contains(fmt::format("launch: LaunchTransport::nccl needs one GPU per rank: {} ranks, {} GPUs",
+                                            gpus + 1, gpus)));
+}
+
+TEST_CASE("launch<cuda::Backend> over NCCL: a failing rank releases the others at once", "[gpu][nccl][multi-gpu]") {
+  if (CB::device_count() < 2) {
+    WARN("fewer than 2 GPUs: skipped");
+    return;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  std::string error;
+  try {
+    px::launch<CB>(2, [](px::Rank<CB>& rank) {
+      px::Tensor<float, CMem> x(rank.allocator(), Shape{64}, MemoryCategory::communication);
+      if (rank.id() == 1) throw px::Error("rank 1 gives up", 1);
+      rank.world().all_reduce(x.view(), ReduceOp::sum);  // rank 0 waits here for a rank that never comes
+    }, {.timeout = std::chrono::seconds(120)});
+  } catch (const px::Error& e) {
+    error = e.what();
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  CHECK_THAT(error, Contains("launch: rank 1 failed: rank 1 gives up"));
+  CHECK(seconds < 60);  // released by the abort, not by the 120 s timeout
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -24,13 +24,95 @@
 
 namespace parallax {
 
+//! How the rank threads of a `launch` communicate.
+enum class LaunchTransport {
+  //! NCCL when the backend has devices and every rank gets one of its own (world size 1 included);
+  //! otherwise `threads`.
+  automatic,
+  //! `ThreadCommunicator` over the backend's memory: zero-copy between threads, also for ranks sharing a GPU
+  //! (which NCCL refuses).
+  threads,
+  //! NCCL, one rank per GPU (cuda::Backend only); an Error when there are more ranks than GPUs.
+  nccl,
+};
+
+//! "automatic", "threads", "nccl".
+[[nodiscard]] constexpr const char* name(LaunchTransport t) noexcept {
+  switch (t) {
+    case LaunchTransport::automatic: return "automatic";
+    case LaunchTransport::threads: return "threads";
+    case LaunchTransport::nccl: return "nccl";
+  }
+  return "?";
+}
+
 //! Options of `launch`.
 struct LaunchOptions {
   //! Timeout of every blocking communication wait; unset: `PARALLAX_COMM_TIMEOUT` or 300 s.
   std::optional<std::chrono::milliseconds> timeout{};
+  //! The world's transport; see `LaunchTransport`.
+  LaunchTransport transport = LaunchTransport::automatic;
 };
 
-//! Runs `fn(Rank<B>&)` on `n` threads, one per rank, joined by a `ThreadCommunicator` world group.
+namespace detail {
+
+//! Whether `launch` joins `ranks` rank threads through the device library (NCCL) rather than the thread
+//! transport, given the devices there are (`devices` < 0: a backend without devices). Throws for
+//! `LaunchTransport::nccl` when that cannot work.
+[[nodiscard]] inline bool launch_uses_nccl(LaunchTransport t, int ranks, int devices, const char* backend) {
+  switch (t) {
+    case LaunchTransport::threads: return false;
+    case LaunchTransport::automatic: return devices > 0 && ranks <= devices;
+    case LaunchTransport::nccl:
+      if (devices < 0)
+        throw Error(fmt::format("launch: LaunchTransport::nccl needs a backend with GPUs (cuda::Backend); {} ranks are "
+                                "threads over host memory",
+                                backend));
+      if (ranks > devices)
+        throw Error(fmt::format("launch: LaunchTransport::nccl needs one GPU per rank: {} ranks, {} GPUs (NCCL refuses "
+                                "two ranks on one GPU); use LaunchTransport::threads or at most {} ranks",
+                                ranks, devices, devices));
+      return true;
+  }
+  return false;
+}
+
+//! The world group of `n` rank threads over memory space `Memory` (the thread transport).
+template <class Memory>
+[[nodiscard]] std::shared_ptr<ThreadGroup> thread_world_group(int n, const std::shared_ptr<ThreadWorld>& world) {
+  std::vector<int> members(static_cast<std::size_t>(n));
+  std::iota(members.begin(), members.end(), 0);
+  return ThreadCommunicator<Memory>::make_group(world, std::move(members), "world");
+}
+
+//! Rank r of `n` rank threads joined by the thread transport's world `group`, with the context of rank r.
+template <Backend B>
+[[nodiscard]] Rank<B> thread_rank(const std::shared_ptr<ThreadGroup>& group, int r, int n) {
+  return Rank<B>(r, n, Communicator(std::make_shared<ThreadCommunicator<typename B::Memory>>(group, r)),
+                 typename B::Context(r));
+}
+
+//! How `launch` gives each rank thread its `Rank<B>`: here, a `ThreadCommunicator` world over `B::Memory`.
+//! Backends with devices specialise it (`comm/nccl_launch.hpp`: cuda::Backend, over NCCL where it can).
+template <class B>
+class LaunchWorld {
+ public:
+  LaunchWorld(int n, const std::shared_ptr<ThreadWorld>& world, const LaunchOptions& options) : n_(n) {
+    (void)launch_uses_nccl(options.transport, n, -1, B::name);  // throws for LaunchTransport::nccl
+    group_ = thread_world_group<typename B::Memory>(n, world);
+  }
+  //! Rank r of the world; called on rank r's thread.
+  [[nodiscard]] Rank<B> rank(int r) const { return thread_rank<B>(group_, r, n_); }
+
+ private:
+  int n_;
+  std::shared_ptr<ThreadGroup> group_;
+};
+
+}  // namespace detail
+
+//! Runs `fn(Rank<B>&)` on `n` threads, one per rank. The ranks' world is a `ThreadCommunicator` group, or
+//! with `cuda::Backend` and a GPU for every rank an NCCL communicator (`LaunchOptions::transport`).
 //!
 //! If any rank throws, every other rank is released from whatever it waits on (no hang) and `launch`
 //! throws one `parallax::Error` naming the first rank that failed and why.
@@ -43,9 +125,7 @@ template <Backend B, class Fn>
 void launch(int n, Fn&& fn, LaunchOptions options = {}) {
   if (n <= 0) throw Error(fmt::format("launch: number of ranks is {}, must be positive", n));
   auto world = std::make_shared<detail::ThreadWorld>(n, options.timeout.value_or(comm_timeout_from_env()));
-  std::vector<int> members(static_cast<std::size_t>(n));
-  std::iota(members.begin(), members.end(), 0);
-  auto group = ThreadCommunicator<typename B::Memory>::make_group(world, members, "world");
+  const detail::LaunchWorld<B> ranks(n, world, options);
 
   std::mutex mutex;
   int failed_rank = -1;
@@ -62,9 +142,7 @@ void launch(int n, Fn&& fn, LaunchOptions options = {}) {
   };
   auto body = [&](int r) {
     try {
-      Rank<B> rank(r, n,
-                   Communicator(std::make_shared<ThreadCommunicator<typename B::Memory>>(group, r)),
-                   typename B::Context(r));
+      Rank<B> rank = ranks.rank(r);
       fn(rank);
     } catch (const detail::PeerFailure& e) {
       fail(r, e.what(), true);
@@ -82,3 +160,7 @@ void launch(int n, Fn&& fn, LaunchOptions options = {}) {
 }
 
 }  // namespace parallax
+
+#if defined(__CUDACC__) && __has_include(<nccl.h>)
+#include "nccl_launch.hpp"  // launch<cuda::Backend> over NCCL: every translation unit that can name cuda::Backend sees it
+#endif

@@ -42,12 +42,17 @@ struct NcclOptions {
   cudaStream_t after = nullptr;
   //! The world group's name in messages.
   std::string label = "world";
+  //! The rank threads of one `launch` (set by `launch`): when one of them fails, the others' waits end at
+  //! once (the communicator is aborted) instead of at the timeout.
+  std::shared_ptr<const detail::ThreadWorld> peers{};
 };
 
 //! Transport over NCCL for buffers in `cuda::Memory`: one rank per GPU, in one process (a thread per
-//! GPU) or in one process per GPU. Calls are queued on the given communication stream; the returned
-//! Work waits for an event recorded after the call, watching for NCCL errors, and after the timeout
-//! aborts the communicator and throws naming the call, its sequence number, the group and the rank.
+//! GPU) or in one process per GPU. Calls are queued on the given communication stream (a group made by
+//! `split` gets a stream of its own, so calls of different groups never queue behind each other and
+//! cannot deadlock by being issued in different orders); the returned Work waits for an event recorded
+//! after the call, watching for NCCL errors, and after the timeout aborts the communicator and throws
+//! naming the call, its sequence number, the group and the rank.
 //! With `debug_collectives`, each call is first compared across the ranks (mismatches throw on every
 //! rank with the same message as the thread transport's).
 //!
@@ -82,7 +87,8 @@ class NcclCommunicator final : public Transport {
       throw Error(fmt::format("NcclCommunicator: the NCCL communicator has {} ranks but {} members were given", count,
                               members.size()));
     }
-    c_ = std::make_shared<detail::NcclComm>(comm, device, rank, std::move(members), std::move(label), timeout);
+    c_ = std::make_shared<detail::NcclComm>(comm, device, rank, std::move(members), std::move(label), timeout,
+                                            options_.peers);
     if (options_.after != nullptr) {
       cuda::DeviceGuard on(device);
       after_event_.emplace(cuda::Timing::off);
@@ -112,7 +118,11 @@ class NcclCommunicator final : public Transport {
     ncclComm_t comm = nullptr;
     ncclResult_t r = ncclCommInitRankConfig(&comm, world_size, id, rank, &config);
     if (r == ncclInProgress || (r == ncclSuccess && comm != nullptr))
-      r = detail::nccl_poll(comm, std::chrono::steady_clock::now() + timeout);
+      r = detail::nccl_poll(comm, std::chrono::steady_clock::now() + timeout, options.peers.get());
+    if (r == ncclInProgress && options.peers && options.peers->aborted()) {  // another rank thread failed
+      (void)ncclCommAbort(comm);
+      options.peers->throw_if_aborted(rank, "NcclCommunicator::create_world");
+    }
     if (r != ncclSuccess) {
       const std::string why =
           r == ncclInProgress
@@ -204,11 +214,13 @@ class NcclCommunicator final : public Transport {
     c_->check_call(ncclCommSplit(c_->get(), color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &child, &config),
                    "ncclCommSplit", d);
     if (child != nullptr) {
-      const ncclResult_t r = detail::nccl_poll(child, std::chrono::steady_clock::now() + c_->timeout());
+      const ncclResult_t r =
+          detail::nccl_poll(child, std::chrono::steady_clock::now() + c_->timeout(), c_->peers().get());
       if (r != ncclSuccess) {
+        (void)ncclCommAbort(child);
+        c_->check_peers(d);
         const std::string why = r == ncclInProgress ? fmt::format("did not finish within {} ms", c_->timeout().count())
                                                     : detail::nccl_error_text(r, child);
-        (void)ncclCommAbort(child);
         c_->fail(fmt::format("split #{} on {}: ncclCommSplit: {}", d.seq, c_->describe(), why), d);
       }
     }
@@ -225,7 +237,11 @@ class NcclCommunicator final : public Transport {
     NcclOptions options = options_;
     options.timeout = c_->timeout();
     options.debug_collectives = debug_;
-    return std::make_shared<NcclCommunicator>(child, std::move(world), std::move(label), stream_, std::move(options));
+    cuda::Stream stream;  // the new group's own, on this device (the DeviceGuard above)
+    auto result =
+        std::make_shared<NcclCommunicator>(child, std::move(world), std::move(label), stream.get(), std::move(options));
+    result->own_stream_ = std::move(stream);
+    return result;
   }
 
  private:
@@ -335,6 +351,7 @@ class NcclCommunicator final : public Transport {
              d);
   }
 
+  cuda::Stream own_stream_{cuda::Stream::null()};  // a split group's stream (declared first: destroyed last)
   std::shared_ptr<detail::NcclComm> c_;
   cudaStream_t stream_;
   NcclOptions options_;

@@ -26,6 +26,7 @@
 #include "../../error.hpp"
 #include "../collective.hpp"
 #include "../work.hpp"
+#include "thread_world.hpp"
 
 namespace parallax::detail {
 
@@ -92,14 +93,17 @@ class PollBackoff {
 };
 
 //! Waits while a nonblocking NCCL communicator is in progress (init, split, a call being enqueued);
-//! returns its state, still `ncclInProgress` if `deadline` passed.
-[[nodiscard]] inline ncclResult_t nccl_poll(ncclComm_t comm, std::chrono::steady_clock::time_point deadline) {
+//! returns its state, still `ncclInProgress` if `deadline` passed or `peers` (the rank threads of this
+//! process, when `launch` made them) were aborted because one of them failed.
+[[nodiscard]] inline ncclResult_t nccl_poll(ncclComm_t comm, std::chrono::steady_clock::time_point deadline,
+                                            const ThreadWorld* peers = nullptr) {
   PollBackoff backoff;
   for (;;) {
     ncclResult_t state = ncclSuccess;
     const ncclResult_t r = ncclCommGetAsyncError(comm, &state);
     if (r != ncclSuccess) return r;
-    if (state != ncclInProgress || std::chrono::steady_clock::now() >= deadline) return state;
+    if (state != ncclInProgress || std::chrono::steady_clock::now() >= deadline || (peers && peers->aborted()))
+      return state;
     backoff.pause();
   }
 }
@@ -114,7 +118,8 @@ class PollBackoff {
 //! One NCCL communicator (nonblocking mode) and the small buffers its checks use, shared by the
 //! `NcclCommunicator` and its outstanding Works. Every wait is bounded by the timeout; on timeout or
 //! an asynchronous error the communicator is aborted (which releases this rank's stuck kernels) and
-//! the group becomes unusable.
+//! the group becomes unusable. When the ranks are threads of one `launch` (`peers`), a wait also ends as
+//! soon as another rank failed: the communicator is aborted and the wait throws `PeerFailure`.
 class NcclComm {
  public:
   //! Bytes of device and of pinned host scratch for `size` ranks: a barrier word, this rank's record,
@@ -124,9 +129,9 @@ class NcclComm {
   }
 
   NcclComm(ncclComm_t comm, int device, int rank, std::vector<int> members, std::string label,
-           std::chrono::milliseconds timeout)
+           std::chrono::milliseconds timeout, std::shared_ptr<const ThreadWorld> peers = nullptr)
       : comm_(comm), device_(device), rank_(rank), members_(std::move(members)), label_(std::move(label)),
-        timeout_(timeout) {
+        timeout_(timeout), peers_(std::move(peers)) {
     cuda::DeviceGuard on(device_);
     const std::size_t bytes = scratch_bytes(size());
     try {
@@ -156,6 +161,8 @@ class NcclComm {
     return fmt::format("{} group {{{}}}", label_, fmt::join(members_, ","));
   }
   [[nodiscard]] bool broken() const noexcept { return broken_.load(std::memory_order_acquire); }
+  //! The rank threads this communicator's rank belongs to (null outside `launch`).
+  [[nodiscard]] const std::shared_ptr<const ThreadWorld>& peers() const noexcept { return peers_; }
 
   //! Scratch: a float for barriers, this rank's record, a peer's record, one record per rank.
   [[nodiscard]] float* barrier_word() const noexcept { return static_cast<float*>(device_scratch_); }
@@ -180,12 +187,20 @@ class NcclComm {
                   world_rank(), describe(), std::string(name(d.kind)));
   }
 
+  //! If another rank thread of this `launch` failed: aborts the communicator and throws `PeerFailure` for `d`.
+  void check_peers(const CollectiveDesc& d) {
+    if (!peers_ || !peers_->aborted()) return;
+    abort();
+    peers_->throw_if_aborted(world_rank(), fmt::format("{} #{} on {}", d.str(), d.seq, describe()));
+  }
+
   //! Checks the result of an NCCL call made for `d`; waits (bounded) while a nonblocking call is still
   //! being enqueued.
   void check_call(ncclResult_t r, const char* api, const CollectiveDesc& d) {
     if (r == ncclSuccess) return;
-    if (r == ncclInProgress) r = nccl_poll(comm_, std::chrono::steady_clock::now() + timeout_);
+    if (r == ncclInProgress) r = nccl_poll(comm_, std::chrono::steady_clock::now() + timeout_, peers_.get());
     if (r == ncclSuccess) return;
+    check_peers(d);
     const std::string what = r == ncclInProgress
                                  ? fmt::format("{} did not finish within {} ms", api, timeout_.count())
                                  : fmt::format("{} failed: {}", api, nccl_error_text(r, comm_));
@@ -200,6 +215,7 @@ class NcclComm {
     PollBackoff backoff;
     for (;;) {
       check_usable(d);
+      check_peers(d);
       const cudaError_t q = cudaEventQuery(done.get());
       if (q == cudaSuccess) return;
       if (q != cudaErrorNotReady) {
@@ -250,7 +266,7 @@ class NcclComm {
           bool clean = !broken();
           if (clean) {
             ncclResult_t r = ncclCommFinalize(comm_);
-            if (r == ncclInProgress) r = nccl_poll(comm_, std::chrono::steady_clock::now() + timeout_);
+            if (r == ncclInProgress) r = nccl_poll(comm_, std::chrono::steady_clock::now() + timeout_, peers_.get());
             clean = r == ncclSuccess;
           }
           (void)(clean ? ncclCommDestroy(comm_) : ncclCommAbort(comm_));
@@ -271,6 +287,7 @@ class NcclComm {
   std::vector<int> members_;
   std::string label_;
   std::chrono::milliseconds timeout_;
+  std::shared_ptr<const ThreadWorld> peers_;
   std::atomic<bool> broken_{false};
   std::mutex mutex_;  // guards comm_ against abort racing with destruction
   void* device_scratch_ = nullptr;
