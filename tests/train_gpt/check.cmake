@@ -1,4 +1,5 @@
-# check.cmake — runs examples/05_train_gpt's train_gpt once and checks what it did (a CTest driver, cmake -P).
+# check.cmake — runs examples/05_train_gpt's train_gpt (or train_gpt_cuda) once and checks what it did (a CTest
+# driver, cmake -P).
 #
 #   cmake -DTRAIN_GPT=<binary> -DMODE=<mode> "-DARGS=<flags, as a shell would split them>" [mode's variables]
 #         -P check.cmake
@@ -14,6 +15,11 @@
 #   fail      a non-zero exit before any rank starts (nothing on stdout), with one line on stderr matching EXPECT.
 # Before the run, TRUNCATE=<file> writes the first TRUNCATE_BYTES bytes of TRUNCATE_FROM there, and EMPTY=<file>
 # writes an empty file.
+#
+# CUDA_BUILD_DIR=<build dir>: TRAIN_GPT is the CUDA build (train_gpt_cuda) of that build directory. When the binary
+# does not exist, or its run fails because there is no GPU (cuda::Context's "no CUDA device is available"), the check
+# prints "SKIPPED: <binary> is not built (cmake --build ...)" or "SKIPPED: no GPU: <the error>" and stops without
+# passing: the test's SKIP_REGULAR_EXPRESSION makes CTest report the skip. Any other outcome is checked as above.
 cmake_minimum_required(VERSION 3.21)
 
 foreach(_var TRAIN_GPT MODE)
@@ -84,6 +90,18 @@ endfunction()
 # ---------------------------------------------------------------------------------------------------------------------
 # Run.
 
+# Prints "SKIPPED: <why>" as it is (CTest's skip pattern; message(FATAL_ERROR) would rewrap it) and stops with an
+# error, so that without that pattern the test fails rather than passes.
+function(_skip why)
+  message(NOTICE "SKIPPED: ${why}")
+  message(FATAL_ERROR "check.cmake: not run (SKIPPED above)")
+endfunction()
+
+get_filename_component(_program "${TRAIN_GPT}" NAME_WE)
+if(DEFINED CUDA_BUILD_DIR AND NOT EXISTS "${TRAIN_GPT}")
+  _skip("${_program} is not built (cmake --build ${CUDA_BUILD_DIR} --target ${_program})")
+endif()
+
 if(DEFINED TRUNCATE)  # CMake cannot write arbitrary bytes; head can
   execute_process(COMMAND head -c ${TRUNCATE_BYTES} "${TRUNCATE_FROM}" OUTPUT_FILE "${TRUNCATE}" RESULT_VARIABLE _rc)
   if(NOT _rc EQUAL 0)
@@ -101,28 +119,31 @@ if(DEFINED JSON)
 endif()
 execute_process(COMMAND "${TRAIN_GPT}" ${_args} RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _err)
 string(REPLACE ";" " " _shown "${_args}")
-message(STATUS "train_gpt ${_shown}\n${_out}${_err}")
+message(STATUS "${_program} ${_shown}\n${_out}${_err}")
+if(DEFINED CUDA_BUILD_DIR AND NOT _rc EQUAL 0 AND _err MATCHES "cuda::Context: no CUDA device is available[^\n]*")
+  _skip("no GPU: ${CMAKE_MATCH_0}")
+endif()
 
 if(MODE STREQUAL "fail")
   if(_rc EQUAL 0)
-    message(FATAL_ERROR "train_gpt succeeded; expected it to fail with '${EXPECT}'")
+    message(FATAL_ERROR "${_program} succeeded; expected it to fail with '${EXPECT}'")
   endif()
   if(NOT _err MATCHES "${EXPECT}")
-    message(FATAL_ERROR "train_gpt failed (${_rc}) without the message '${EXPECT}'")
+    message(FATAL_ERROR "${_program} failed (${_rc}) without the message '${EXPECT}'")
   endif()
   if(NOT _out STREQUAL "")
-    message(FATAL_ERROR "train_gpt printed to stdout before failing: its ranks had started")
+    message(FATAL_ERROR "${_program} printed to stdout before failing: its ranks had started")
   endif()
   string(REGEX MATCHALL "\n" _lines "${_err}")
   list(LENGTH _lines _lines)
   if(NOT _lines EQUAL 1)
-    message(FATAL_ERROR "train_gpt wrote ${_lines} lines to stderr, not one message")
+    message(FATAL_ERROR "${_program} wrote ${_lines} lines to stderr, not one message")
   endif()
   return()
 endif()
 
 if(NOT _rc EQUAL 0)
-  message(FATAL_ERROR "train_gpt exited with ${_rc}")
+  message(FATAL_ERROR "${_program} exited with ${_rc}")
 endif()
 if(DEFINED EXPECT AND NOT "${_out}" MATCHES "${EXPECT}")
   message(FATAL_ERROR "the output does not match '${EXPECT}'")
