@@ -95,7 +95,7 @@
 
 #if defined(__CUDACC__)
 #include "backend/cuda/backend.hpp"
-#include "backend/cuda/reduce.cuh"
+#include "backend/cuda/thread_channel.cuh"
 #include "comm/nccl_bootstrap.hpp"
 #include "comm/nccl_communicator.hpp"
 #include "comm/nccl_launch.hpp"

@@ -85,11 +85,15 @@ template <class Memory>
   return ThreadCommunicator<Memory>::make_group(world, std::move(members), "world");
 }
 
-//! Rank r of `n` rank threads joined by the thread transport's world `group`, with the context of rank r.
+//! Rank r of `n` rank threads joined by the thread transport's world `group`, with the context of rank r. The
+//! rank's calls are ordered after its context's stream, where the context has one (`cuda::Context::stream()`).
 template <Backend B>
 [[nodiscard]] Rank<B> thread_rank(const std::shared_ptr<ThreadGroup>& group, int r, int n) {
-  return Rank<B>(r, n, Communicator(std::make_shared<ThreadCommunicator<typename B::Memory>>(group, r)),
-                 typename B::Context(r));
+  using Transport = ThreadCommunicator<typename B::Memory>;
+  typename B::Context context(r);
+  typename Transport::stream_type stream{};
+  if constexpr (requires { stream = context.stream(); }) stream = context.stream();
+  return Rank<B>(r, n, Communicator(std::make_shared<Transport>(group, r, stream)), std::move(context));
 }
 
 //! How `launch` gives each rank thread its `Rank<B>`: here, a `ThreadCommunicator` world over `B::Memory`.

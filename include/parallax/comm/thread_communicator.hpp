@@ -2,12 +2,14 @@
 #pragma once
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <numeric>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -26,28 +28,40 @@ namespace parallax {
 
 namespace detail {
 
-//! How the thread transport reduces buffers in memory space `Space`: host-accessible spaces reduce on
-//! the calling thread; device spaces specialise this next to their kernels.
+//! How the thread transport moves and reduces data in memory space `Space`, ordered after the work each rank
+//! queued before its call. A rank's endpoint owns one channel; a call goes: `mark()` when the rank issues it,
+//! `after(m)` for the marker of every rank whose buffers it touches, the data operations, then `finish()`, which
+//! returns once they are complete (other ranks read the results after the next barrier).
+//!
+//! Host-accessible spaces: the operations run at once on the calling thread, and there is nothing to order.
+//! Device spaces specialise this next to their kernels (`backend/cuda/thread_channel.cuh`: a rank's compute
+//! stream is marked with an event, its channel's stream waits for the events and runs the kernels and copies).
 template <MemorySpace Space>
-struct SpaceReduce {
+class SpaceChannel {
   static_assert(Space::host_accessible,
                 "ThreadCommunicator: this memory space is not host-accessible; include the backend header that "
-                "specialises parallax::detail::SpaceReduce for it");
-  static void run(DType t, void* out, const void* const* in, int n, std::int64_t count, ReduceOp op) {
+                "specialises parallax::detail::SpaceChannel for it");
+
+ public:
+  //! What a rank queues its own work on (a device stream); nothing here.
+  struct stream_type {};
+  //! The point a rank's own work had reached when it issued a call (copyable); nothing here.
+  struct marker {};
+
+  explicit SpaceChannel(stream_type = {}) noexcept {}
+  [[nodiscard]] marker mark() const noexcept { return {}; }
+  void after(const marker&) noexcept {}
+  //! out = in[0] op ... op in[n-1] (`reduce_buffers`' arithmetic and order).
+  void reduce(DType t, void* out, const void* const* in, int n, std::int64_t count, ReduceOp op) {
     reduce_buffers(t, out, in, n, count, op);
   }
-  //! Optional: the reduction written into each of `outs[0..n_out)` in one pass (lets all_reduce push
-  //! its slice to every rank instead of having every rank pull it afterwards).
-  static void run_to(DType t, void* const* outs, int n_out, const void* const* in, int n, std::int64_t count,
-                     ReduceOp op) {
+  //! The same reduction written into each of `outs[0..n_out)` in one pass.
+  void reduce_to(DType t, void* const* outs, int n_out, const void* const* in, int n, std::int64_t count,
+                 ReduceOp op) {
     reduce_buffers(t, outs, n_out, in, n, count, op);
   }
-};
-
-//! Whether `SpaceReduce<Space>` can write one reduction into several buffers.
-template <class Space>
-concept PushReduce = requires(DType t, void* const* outs, const void* const* in, std::int64_t c, ReduceOp op) {
-  SpaceReduce<Space>::run_to(t, outs, 1, in, 1, c, op);
+  void copy(void* dst, const void* src, std::size_t bytes) { Space::copy(dst, src, bytes); }
+  void finish() noexcept {}
 };
 
 //! [begin, end) of chunk i when `count` elements are split over `n` ranks as evenly as possible.
@@ -83,18 +97,24 @@ class MailWork final : public WorkState {
 }  // namespace detail
 
 //! Transport for ranks that are threads of one process, over memory space `Space` (host memory, or
-//! device memory of one GPU shared by several ranks).
+//! device memory of one GPU shared by several ranks: there each rank's calls are ordered after its compute
+//! stream by events, see `detail::SpaceChannel`).
 //!
 //! Zero-copy: ranks read each other's buffers directly. An all-reduce of n bytes on N ranks has rank r
 //! reduce slice r of every buffer (in rank order, so results are bitwise repeatable) and write the result
-//! into slice r of every buffer in the same pass (host memory; device spaces copy the other N-1 reduced
-//! slices after a barrier instead): about n bytes read and n written per rank, no root, no global lock.
+//! into slice r of every buffer in the same pass: about n bytes read and n written per rank, no root, no
+//! global lock.
 //! Every collective starts by exchanging its description, so mismatched calls are always detected, at no cost.
 //! Async calls run in issue order on a per-group communication thread.
 template <MemorySpace Space>
 class ThreadCommunicator final : public Transport {
  public:
-  ThreadCommunicator(std::shared_ptr<detail::ThreadGroup> group, int rank) : g_(std::move(group)), r_(rank) {}
+  using stream_type = typename detail::SpaceChannel<Space>::stream_type;
+
+  //! Rank `rank` of `group`; `stream` is what the rank queues its own work on (its compute stream, for device
+  //! memory), which every call is ordered after.
+  ThreadCommunicator(std::shared_ptr<detail::ThreadGroup> group, int rank, stream_type stream = {})
+      : g_(std::move(group)), r_(rank), stream_(stream), channel_(stream) {}
 
   //! Endpoints of a new group of world ranks `members` (rank i of the result belongs to thread members[i]).
   [[nodiscard]] static std::shared_ptr<detail::ThreadGroup> make_group(std::shared_ptr<detail::ThreadWorld> world,
@@ -115,13 +135,14 @@ class ThreadCommunicator final : public Transport {
       return w;
     }
     d.seq = ++seq_;
+    Marker ready = channel_.mark();  // now, on the issuing thread: what the rank queued so far
     if (async || (worker_ && worker_->busy())) {
       if (!worker_) worker_ = std::make_unique<detail::Worker>();
-      Work w(worker_->submit([this, d, in, out] { run(d, in, out); }));
+      Work w(worker_->submit([this, d, in, out, ready] { run(d, in, out, ready); }));
       if (!async) w.wait();
       return w;
     }
-    run(d, in, out);
+    run(d, in, out, ready);
     return {};
   }
 
@@ -150,7 +171,7 @@ class ThreadCommunicator final : public Transport {
     if (!mine.empty()) {
       auto child = g_->slot(mine.front()).child;
       const int me = static_cast<int>(std::find(mine.begin(), mine.end(), r_) - mine.begin());
-      result = std::make_shared<ThreadCommunicator>(std::move(child), me);
+      result = std::make_shared<ThreadCommunicator>(std::move(child), me, stream_);
     }
     g_->arrive_and_wait(r_, d);
     s.child.reset();
@@ -165,16 +186,21 @@ class ThreadCommunicator final : public Transport {
     g_->check_usable(r_, d);
   }
 
-  // One collective, on the calling thread (inline or the worker).
-  void run(const CollectiveDesc& d, const void* in, void* out) {
+  using Marker = typename detail::SpaceChannel<Space>::marker;
+
+  // One collective, on the calling thread (inline or the worker); `ready` marks the work the rank queued before it.
+  void run(const CollectiveDesc& d, const void* in, void* out, const Marker& ready) {
     refuse_if_broken(d);
     auto& s = g_->slot(r_);
     s.desc = d;
     s.in = in;
     s.out = out;
+    s.ready = &ready;
     const int n = size();
     g_->arrive_and_wait(r_, d);
     g_->check_same_call(r_);
+    if (d.kind != CollectiveKind::barrier)  // every rank's buffers may be touched: after everyone's work
+      for (int j = 0; j < n; ++j) channel_.after(*static_cast<const Marker*>(g_->slot(j).ready));
     const std::size_t esz = size_of(d.dtype);
     auto at = [esz](const void* p, std::int64_t i) { return static_cast<const std::byte*>(p) + i * static_cast<std::int64_t>(esz); };
     auto atm = [esz](void* p, std::int64_t i) { return static_cast<std::byte*>(p) + i * static_cast<std::int64_t>(esz); };
@@ -186,43 +212,35 @@ class ThreadCommunicator final : public Transport {
         // Each rank reduces its slice; all_reduce then gathers the slices, reduce leaves them at the root.
         const auto [b, e] = detail::chunk(d.count, n, r_);
         for (int j = 0; j < n; ++j) ins[static_cast<std::size_t>(j)] = at(g_->slot(j).out, b);
-        if constexpr (detail::PushReduce<Space>) {
+        if (d.kind == CollectiveKind::all_reduce) {
           // One pass: the slice, once reduced, is written straight into every rank's buffer (nobody else
           // touches slice r of any buffer), so each rank reads and writes its slice of n buffers once.
-          if (d.kind == CollectiveKind::all_reduce) {
-            std::vector<void*> outs(static_cast<std::size_t>(n));
-            for (int j = 0; j < n; ++j) outs[static_cast<std::size_t>(j)] = atm(g_->slot(j).out, b);
-            if (e > b) detail::SpaceReduce<Space>::run_to(d.dtype, outs.data(), n, ins.data(), n, e - b, d.op);
-            break;
-          }
+          std::vector<void*> outs(static_cast<std::size_t>(n));
+          for (int j = 0; j < n; ++j) outs[static_cast<std::size_t>(j)] = atm(g_->slot(j).out, b);
+          if (e > b) channel_.reduce_to(d.dtype, outs.data(), n, ins.data(), n, e - b, d.op);
+        } else if (e > b) {
+          channel_.reduce(d.dtype, atm(g_->slot(d.root).out, b), ins.data(), n, e - b, d.op);
         }
-        void* dst = d.kind == CollectiveKind::all_reduce ? out : g_->slot(d.root).out;
-        if (e > b) detail::SpaceReduce<Space>::run(d.dtype, atm(dst, b), ins.data(), n, e - b, d.op);
-        g_->arrive_and_wait(r_, d);
-        if (d.kind == CollectiveKind::all_reduce)
-          for (int j = 0; j < n; ++j) {
-            const auto [bj, ej] = detail::chunk(d.count, n, j);
-            if (j != r_ && ej > bj) Space::copy(atm(out, bj), at(g_->slot(j).out, bj), bytes(ej - bj));
-          }
         break;
       }
       case CollectiveKind::reduce_scatter: {
         for (int j = 0; j < n; ++j) ins[static_cast<std::size_t>(j)] = at(g_->slot(j).in, r_ * d.count);
-        if (d.count > 0) detail::SpaceReduce<Space>::run(d.dtype, out, ins.data(), n, d.count, d.op);
+        if (d.count > 0) channel_.reduce(d.dtype, out, ins.data(), n, d.count, d.op);
         break;
       }
       case CollectiveKind::all_gather:
         for (int j = 0; j < n; ++j) {
           void* dst = atm(out, j * d.count);
-          if (d.count > 0 && dst != g_->slot(j).in) Space::copy(dst, g_->slot(j).in, bytes(d.count));
+          if (d.count > 0 && dst != g_->slot(j).in) channel_.copy(dst, g_->slot(j).in, bytes(d.count));
         }
         break;
       case CollectiveKind::broadcast:
-        if (r_ != d.root && d.count > 0) Space::copy(out, g_->slot(d.root).out, bytes(d.count));
+        if (r_ != d.root && d.count > 0) channel_.copy(out, g_->slot(d.root).out, bytes(d.count));
         break;
       default:  // barrier
         break;
     }
+    channel_.finish();
     g_->arrive_and_wait(r_, d);  // nobody returns (and frees a buffer) while others still read it
     g_->record(r_, d);
   }
@@ -233,6 +251,11 @@ class ThreadCommunicator final : public Transport {
     m->desc = d;
     m->src = in;
     m->dst = out;
+    if constexpr (!std::is_empty_v<Marker>) {  // the copy may run later, on the peer's thread
+      auto ready = std::make_shared<const Marker>(channel_.mark());
+      m->ready = ready.get();
+      m->keep = std::move(ready);
+    }
     const int peer = d.root;
     const bool sending = d.kind == CollectiveKind::send;
     std::shared_ptr<detail::Mail> match;
@@ -255,8 +278,12 @@ class ThreadCommunicator final : public Transport {
         error = fmt::format("point-to-point mismatch on {}: rank {} {}, rank {} {}", g_->describe(),
                             g_->world_rank(sending ? r_ : peer), snd.desc.str(), g_->world_rank(sending ? peer : r_),
                             rcv.desc.str());
-      else if (snd.desc.count > 0)
-        Space::copy(rcv.dst, snd.src, static_cast<std::size_t>(snd.desc.count) * size_of(snd.desc.dtype));
+      else if (snd.desc.count > 0) {
+        if constexpr (!std::is_empty_v<Marker>)
+          for (const detail::Mail* mail : {&snd, &rcv}) channel_.after(*static_cast<const Marker*>(mail->ready));
+        channel_.copy(rcv.dst, snd.src, static_cast<std::size_t>(snd.desc.count) * size_of(snd.desc.dtype));
+        channel_.finish();
+      }
       {
         std::lock_guard lock(g_->mutex);
         m->done = match->done = true;
@@ -271,6 +298,8 @@ class ThreadCommunicator final : public Transport {
 
   std::shared_ptr<detail::ThreadGroup> g_;
   int r_;
+  stream_type stream_;  // the rank's own work (given to the groups split from this one)
+  detail::SpaceChannel<Space> channel_;
   std::uint64_t seq_ = 0;
   std::unique_ptr<detail::Worker> worker_;  // last: joined before the group goes away
 };

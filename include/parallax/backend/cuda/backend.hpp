@@ -16,7 +16,7 @@
 #include "layernorm.cuh"
 #include "memory.hpp"
 #include "optimizer.cuh"
-#include "reduce.cuh"
+#include "thread_channel.cuh"
 #include "stream.hpp"
 
 namespace parallax::cuda {

@@ -24,6 +24,8 @@ struct Mail {
   CollectiveDesc desc;
   const void* src = nullptr;  // send side
   void* dst = nullptr;        // recv side
+  const void* ready = nullptr;       // the poster's marker (`SpaceChannel<Space>::marker`), where it has one
+  std::shared_ptr<const void> keep;  // owns `ready` until the copy is done
   bool done = false;
   std::string error;
 };
@@ -37,6 +39,7 @@ class ThreadGroup : public Waitable {
     CollectiveDesc desc;
     const void* in = nullptr;
     void* out = nullptr;
+    const void* ready = nullptr;  // the call's marker (`SpaceChannel<Space>::marker`), valid during the call
     std::uint64_t arrivals = 0;
     CallHistory history;
     int color = 0, key = 0;
