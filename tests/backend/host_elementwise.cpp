@@ -1,15 +1,18 @@
-// Tests for parallax/backend/host/elementwise.hpp: fill, cast, scale, axpby, reductions and size checks.
+// Tests for parallax/backend/host/elementwise.hpp: fill, cast, scale, axpby, reductions (single and batched) and size
+// checks.
 #include <parallax/backend/host/backend.hpp>
 
 #include <catch2/catch.hpp>
 
 #include "../support/support.hpp"
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <random>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -204,6 +207,46 @@ TEMPLATE_TEST_CASE("host sum and sum_squares are exact for small integers", "[ba
     big.resize(1001, 1.f);
     CHECK(Backend::sum(ctx, cview(big)) == 16777216.0 + 1000.0);
   }
+}
+
+TEMPLATE_TEST_CASE("host batched sum_squares adds the per-piece sums in list order", "[backend][host][elementwise]",
+                   float, bf16) {
+  using V = View<const TestType, HostMemory>;
+  // Pieces of very different magnitudes and sizes, two of them empty.
+  std::vector<std::vector<TestType>> data;
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  for (const auto& [n, scale] : {std::pair{1000, 1e3f}, std::pair{0, 1.f}, std::pair{37, 1e-3f}, std::pair{1, 3.f},
+                                 std::pair{4097, 1.f}, std::pair{0, 1.f}, std::pair{250, 1e-6f}}) {
+    std::vector<float> f;
+    for (int i = 0; i < n; ++i) f.push_back(scale * u(rng));
+    data.push_back(from_floats<TestType>(f));
+  }
+  std::vector<V> pieces;
+  for (const auto& d : data) pieces.push_back(cview(d));
+
+  double loop = 0;
+  for (const V& p : pieces) loop += Backend::sum_squares(ctx, p);
+  CHECK(loop > 0);
+  CHECK(std::bit_cast<std::uint64_t>(Backend::sum_squares(ctx, std::span<const V>(pieces))) ==
+        std::bit_cast<std::uint64_t>(loop));
+
+  // Views into one buffer, as the optimizer passes its bucket slices.
+  const auto& big = data[4];
+  const std::vector<V> rows{cview(big).rows(0, 100), cview(big).rows(100, 100), cview(big).rows(100, 4097)};
+  double rows_loop = 0;
+  for (const V& p : rows) rows_loop += Backend::sum_squares(ctx, p);
+  CHECK(std::bit_cast<std::uint64_t>(Backend::sum_squares(ctx, std::span<const V>(rows))) ==
+        std::bit_cast<std::uint64_t>(rows_loop));
+
+  CHECK(Backend::sum_squares(ctx, std::span<const V>()) == 0.0);
+  const std::vector<V> empties{cview(data[1]), cview(data[5])};
+  CHECK(Backend::sum_squares(ctx, std::span<const V>(empties)) == 0.0);
+
+  // A NaN in any piece makes the total NaN.
+  std::vector<TestType> bad{TestType(1.f), TestType(nan_f)};
+  pieces.push_back(cview(bad));
+  CHECK(std::isnan(Backend::sum_squares(ctx, std::span<const V>(pieces))));
 }
 
 TEMPLATE_TEST_CASE("host count_nonfinite counts NaN and Inf only", "[backend][host][elementwise]", float, bf16, fp16) {

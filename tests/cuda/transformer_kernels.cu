@@ -1,6 +1,6 @@
 // Tests for the CUDA backend's transformer kernels (parallax/backend/cuda/{elementwise,layernorm,activation,attention,
-// head_layout,cross_entropy,embedding,gemm_epilogue}.cuh): each kernel against the host backend's on the same data,
-// the cuBLASLt plan cache, its errors
+// head_layout,cross_entropy,embedding,gemm_epilogue}.cuh): each kernel against the host backend's on the same data
+// (the batched sum of squares also against its per-piece loop), the cuBLASLt plans a context owns, its errors
 // against the host's messages, and every nn and tp module built, run and compared on cuda::Backend. Tests tagged
 // [gpu] skip themselves (with a warning) when there is no GPU; the instantiation check runs without one.
 //
@@ -36,8 +36,10 @@
 #include "support.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -154,6 +156,56 @@ void compare_bias(const cu::Context& ctx, i64 n, i64 d, bool exact_sums) {
     CHECK(bit_differences(host_of(db_d), db) == 0);
   else
     check_close(host_of(db_d), db, "bias_grad");
+}
+
+// ---- elementwise: batched sum_squares ----------------------------------------------------------------------------
+
+// The batched sum of squares over pieces of many sizes (empty ones, one element, one past the 1024-block limit of
+// the first pass, rows of one tensor) against the per-piece CUDA loop (bitwise: the same reductions, added in the
+// same order) and against the host's batched op (1e-12 relative: another order of fp64 additions).
+template <class T>
+void compare_sum_squares(const cu::Context& ctx) {
+  INFO(type_name<T>());
+  const px::host::Context hctx(0);
+  Device dev;
+  std::vector<std::vector<T>> data;
+  std::vector<px::Tensor<T, CMem>> tensors;
+  std::uint64_t seed = 200;
+  for (const auto& [n, scale] : {std::pair{i64{1000}, 1e3f}, std::pair{i64{0}, 1.f}, std::pair{i64{1}, 3.f},
+                                 std::pair{i64{37}, 1e-3f}, std::pair{i64{2'100'000}, 1.f}, std::pair{i64{0}, 1.f},
+                                 std::pair{i64{65536}, 1e-6f}}) {
+    data.push_back(values<T>(n, seed++, scale));
+    tensors.push_back(dev.make(data.back(), Shape{n}));
+  }
+  std::vector<View<const T, CMem>> pieces;
+  std::vector<HCV<T>> host_pieces;
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    pieces.push_back(tensors[i].cview());
+    host_pieces.push_back(hcv(data[i], Shape{static_cast<i64>(data[i].size())}));
+  }
+  // Rows of one tensor, as the optimizer passes its bucket slices.
+  const auto rows = tensors[0].cview().reshape(Shape{100, 10});
+  for (auto [lo, hi] : {std::pair{i64{0}, i64{3}}, std::pair{i64{3}, i64{3}}, std::pair{i64{3}, i64{100}}}) {
+    pieces.push_back(rows.rows(lo, hi));
+    host_pieces.push_back(hcv(data[0], Shape{100, 10}).rows(lo, hi));
+  }
+
+  double loop = 0;
+  for (const auto& p : pieces) loop += CB::sum_squares(ctx, p);
+  const double batched = CB::sum_squares(ctx, std::span<const View<const T, CMem>>(pieces));
+  CHECK(std::bit_cast<std::uint64_t>(batched) == std::bit_cast<std::uint64_t>(loop));
+  const double host = HB::sum_squares(hctx, std::span<const HCV<T>>(host_pieces));
+  CHECK(batched == Approx(host).epsilon(1e-12));
+  CHECK(batched > 0);
+
+  CHECK(CB::sum_squares(ctx, std::span<const View<const T, CMem>>()) == 0.0);
+  const std::vector<View<const T, CMem>> empties{tensors[1].cview(), tensors[5].cview(), rows.rows(3, 3)};
+  CHECK(CB::sum_squares(ctx, std::span<const View<const T, CMem>>(empties)) == 0.0);
+
+  // A NaN in any piece makes the total NaN.
+  auto bad = dev.make(std::vector<T>{T(1.f), T(std::numeric_limits<float>::quiet_NaN())}, Shape{2});
+  pieces.push_back(bad.cview());
+  CHECK(std::isnan(CB::sum_squares(ctx, std::span<const View<const T, CMem>>(pieces))));
 }
 
 // ---- layernorm ---------------------------------------------------------------------------------------------------
@@ -734,6 +786,16 @@ TEST_CASE("cuda add_bias and bias_grad match the host backend", "[gpu][cuda][ele
         error_of([&] { HB::bias_grad(hctx, hcv(h, Shape{20}), hv(h, Shape{4})); }));
 }
 
+TEST_CASE("cuda batched sum_squares equals the per-piece loop bitwise and the host", "[gpu][cuda][elementwise]") {
+  if (!gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cu::Context ctx(0);
+  compare_sum_squares<float>(ctx);
+  compare_sum_squares<bf16>(ctx);
+}
+
 TEST_CASE("cuda layernorm matches the host backend", "[gpu][cuda][layernorm]") {
   if (!gpu_available()) {
     WARN("no GPU: skipped");
@@ -839,11 +901,29 @@ TEST_CASE("cuda fused GEMM epilogues match the host backend", "[gpu][cuda][gemm]
   auto y1 = dev.zeros<bf16>(sy), y2 = dev.zeros<bf16>(sy), pre = dev.zeros<bf16>(sy);
   CB::gemm_bias_act(ctx, px::Trans::N, px::Trans::T, x.cview(), w.cview(), b.cview(), px::Activation::gelu, y1.view(),
                     pre.view());
-  const std::size_t plans = cu::detail::lt_plans().size();
+  const std::size_t plans = ctx.lt_plans().size();
+  CHECK(plans > 0);
   CB::gemm_bias_act(ctx, px::Trans::N, px::Trans::T, x.cview(), w.cview(), b.cview(), px::Activation::gelu, y2.view(),
                     pre.view());
-  CHECK(cu::detail::lt_plans().size() == plans);
+  CHECK(ctx.lt_plans().size() == plans);
   CHECK(bit_differences(host_of(y1), host_of(y2)) == 0);
+
+  // The plans belong to the context: another one on this thread starts with none and plans for itself; a moved
+  // context takes its plans along, and the moved-from one is destroyed cleanly.
+  {
+    cu::Context other(0);
+    CHECK(other.lt_plans().empty());
+    auto y3 = dev.zeros<bf16>(sy);
+    CB::gemm_bias_act(other, px::Trans::N, px::Trans::T, x.cview(), w.cview(), b.cview(), px::Activation::gelu,
+                      y3.view(), pre.view());
+    other.synchronize();
+    CHECK(other.lt_plans().size() == 1);
+    CHECK(ctx.lt_plans().size() == plans);
+    CHECK(bit_differences(host_of(y1), host_of(y3)) == 0);
+    cu::Context moved(std::move(other));
+    CHECK(moved.lt_plans().size() == 1);
+  }
+  CHECK(ctx.lt_plans().size() == plans);
 
   // The argument errors are the host's.
   const px::host::Context hctx(0);

@@ -230,7 +230,8 @@ class ShardedOptimizer<R, Z, Mesh, B>::Impl final : public detail::ShardedBase {
     auto& ctx = rank_->context();
 
     // This rank's slice of every bucket: disjoint over DP x CP, and over TP / PP but for TP-replicated tensors.
-    double local = 0;
+    // One backend call for all of it (one host synchronization on a device backend).
+    std::vector<View<const T, Memory>> pieces;
     const int me = mesh_->dp_cp().rank();
     for (std::size_t b = 0; b < layout.buckets().size(); ++b) {
       const auto owned = View<const T, Memory>(buckets_.owned(b));
@@ -238,9 +239,10 @@ class ShardedOptimizer<R, Z, Mesh, B>::Impl final : public detail::ShardedBase {
       layout.for_each_piece(b, base, base + owned.numel(),
                             [&](std::size_t i, std::int64_t, std::int64_t at, std::int64_t len) {
                               if (detail::counts_in_norm(*buckets_.parameters()[i], mesh_->tp_rank()))
-                                local += B::sum_squares(ctx, owned.rows(at - base, at - base + len));
+                                pieces.push_back(owned.rows(at - base, at - base + len));
                             });
     }
+    const double local = B::sum_squares(ctx, std::span<const View<const T, Memory>>(pieces));
     const double total = detail::sum_over(rank_->allocator(), mesh_->world(), local);
 
     StepReport r;

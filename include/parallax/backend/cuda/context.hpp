@@ -1,4 +1,5 @@
-// parallax/backend/cuda/context.hpp — cuda::Context, a rank's execution context on a GPU: streams, cuBLAS(Lt).
+// parallax/backend/cuda/context.hpp — cuda::Context, a rank's execution context on a GPU: streams, cuBLAS(Lt) and
+// its plans.
 #pragma once
 
 #include <cstddef>
@@ -13,6 +14,7 @@
 #include "../../core/caching_allocator.hpp"
 #include "../../error.hpp"
 #include "check.hpp"
+#include "detail/lt_plan.hpp"
 #include "device.hpp"
 #include "memory.hpp"
 #include "stream.hpp"
@@ -56,9 +58,9 @@ inline constexpr std::size_t reduce_result_bytes = 64;
 
 //! What a rank's kernels run on with the CUDA backend: its GPU, a compute stream (kernels, GEMMs), a
 //! communication stream (NCCL), cuBLAS and cuBLASLt handles bound to the compute stream with a shared
-//! workspace, scratch for reductions, and the rank's device memory cache (a `CachingAllocator` over
-//! `cuda::Memory` whose default stream is the compute stream: a `Rank`'s tensors and the kernels'
-//! temporaries come from it). Move-only; use it from one thread at a time.
+//! workspace, the cuBLASLt matmul plans made for it, scratch for reductions, and the rank's device memory
+//! cache (a `CachingAllocator` over `cuda::Memory` whose default stream is the compute stream: a `Rank`'s
+//! tensors and the kernels' temporaries come from it). Move-only; use it from one thread at a time.
 //!
 //! Rank r uses device `r % device_count()` and makes it current on the constructing thread (so build
 //! the context on the rank's own thread, as `launch` does). Kernels are asynchronous on the compute
@@ -107,6 +109,7 @@ class Context {
     cublasLtHandle_t lt = nullptr;
     check(cublasLtCreate(&lt), "cublasLtCreate");
     cublaslt_.reset(lt);
+    lt_plans_ = std::make_unique<detail::LtPlans>();
   }
 
   Context(Context&&) noexcept = default;
@@ -121,6 +124,7 @@ class Context {
       (void)cudaStreamSynchronize(comm_.get());
       (void)cudaGetLastError();
       cache_.reset();
+      lt_plans_.reset();
       cublaslt_.reset();
       cublas_.reset();
       result_.reset();
@@ -151,6 +155,10 @@ class Context {
   [[nodiscard]] cublasHandle_t cublas() const noexcept { return cublas_.get(); }
   //! cuBLASLt handle (pass `stream()` and `workspace()` to its calls).
   [[nodiscard]] cublasLtHandle_t cublaslt() const noexcept { return cublaslt_.get(); }
+  //! The cuBLASLt matmul plans made for this context, by problem (`detail::lt_matmul` fills it on first use of a
+  //! shape): they live and die with the context, and no other context shares them. A cache, so a const context
+  //! hands it out mutable; used from the context's thread only, like the context.
+  [[nodiscard]] detail::LtPlans& lt_plans() const noexcept { return *lt_plans_; }
   //! Device workspace for cuBLAS(Lt) calls on the compute stream.
   [[nodiscard]] void* workspace() const noexcept { return workspace_.get(); }
   [[nodiscard]] std::size_t workspace_bytes() const noexcept { return workspace_ ? options_.workspace_bytes : 0; }
@@ -185,6 +193,7 @@ class Context {
   std::unique_ptr<void, detail::CudaFreeHost> result_;
   std::unique_ptr<std::remove_pointer_t<cublasHandle_t>, detail::CublasDestroy> cublas_;
   std::unique_ptr<std::remove_pointer_t<cublasLtHandle_t>, detail::CublasLtDestroy> cublaslt_;
+  std::unique_ptr<detail::LtPlans> lt_plans_;  // held by pointer: a moved-from context holds none
 };
 
 }  // namespace parallax::cuda

@@ -1,14 +1,11 @@
 // parallax/backend/cuda/cublaslt.hpp — cuBLASLt matmuls with a fused epilogue in parallax's row-major terms, their
-// descriptors and chosen algorithm cached per shape so that repeated steps do not query the heuristics again.
+// descriptors and chosen algorithm cached per shape in the context so that repeated steps do not query the
+// heuristics again.
 #pragma once
 
 #include <cstdint>
-#include <map>
-#include <memory>
 #include <source_location>
 #include <string>
-#include <tuple>
-#include <type_traits>
 
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
@@ -17,6 +14,7 @@
 #include "../trans.hpp"
 #include "check.hpp"
 #include "context.hpp"
+#include "detail/lt_plan.hpp"
 #include "gemm.hpp"
 
 namespace parallax::cuda::detail {
@@ -76,52 +74,6 @@ inline void lt_check(cublasStatus_t status, const char* call, const LtMatmul& mm
                                        mm.m, mm.n, mm.ta == Trans::T ? "T" : "N", mm.tb == Trans::T ? "T" : "N", mm.k,
                                        lt_type_name(mm.type), lt_epilogue_name(mm.epilogue));
   check(status, what.c_str(), loc);
-}
-
-//! What a cached plan depends on: the problem, the device, the workspace it may use and the operands' alignments.
-struct LtKey {
-  int device;
-  std::size_t workspace;
-  std::uint32_t epilogue;
-  bool ta, tb;
-  std::int64_t m, n, k;
-  int type, compute;
-  std::uint32_t align_a, align_b, align_c, align_bias, align_aux;
-
-  [[nodiscard]] auto tie() const {
-    return std::tie(device, workspace, epilogue, ta, tb, m, n, k, type, compute, align_a, align_b, align_c, align_bias,
-                    align_aux);
-  }
-  friend bool operator<(const LtKey& x, const LtKey& y) { return x.tie() < y.tie(); }
-};
-
-struct LtDescDestroy {
-  void operator()(cublasLtMatmulDesc_t d) const noexcept { (void)cublasLtMatmulDescDestroy(d); }
-};
-struct LtLayoutDestroy {
-  void operator()(cublasLtMatrixLayout_t l) const noexcept { (void)cublasLtMatrixLayoutDestroy(l); }
-};
-struct LtPreferenceDestroy {
-  void operator()(cublasLtMatmulPreference_t p) const noexcept { (void)cublasLtMatmulPreferenceDestroy(p); }
-};
-using LtDesc = std::unique_ptr<std::remove_pointer_t<cublasLtMatmulDesc_t>, LtDescDestroy>;
-using LtLayout = std::unique_ptr<std::remove_pointer_t<cublasLtMatrixLayout_t>, LtLayoutDestroy>;
-using LtPreference = std::unique_ptr<std::remove_pointer_t<cublasLtMatmulPreference_t>, LtPreferenceDestroy>;
-
-//! A matmul descriptor, cuBLASLt's A, B and C/D layouts, and the algorithm its heuristics chose (`found` false:
-//! none supports the problem, and the caller falls back to unfused kernels without asking again).
-struct LtPlan {
-  LtDesc desc;
-  LtLayout a, b, c;
-  cublasLtMatmulAlgo_t algo{};
-  bool found = false;
-};
-
-//! The plans of the calling thread (a rank's thread), by key. Descriptors and layouts do not belong to a handle,
-//! and the key names the device and the workspace size, so contexts on one thread can share them.
-[[nodiscard]] inline std::map<LtKey, LtPlan>& lt_plans() {
-  thread_local std::map<LtKey, LtPlan> plans;
-  return plans;
 }
 
 template <class V>
@@ -192,9 +144,9 @@ inline void lt_set_pointers(cublasLtMatmulDesc_t d, const LtMatmul& mm, const ch
 }
 
 //! Queues `mm` on the context's compute stream through cuBLASLt with the context's workspace, planning it on first
-//! use. Returns false, having queued nothing, when no cuBLASLt kernel supports it (the heuristics find none, or the
-//! matmul answers CUBLAS_STATUS_NOT_SUPPORTED; or k is 0): the caller then runs the unfused kernels. Any other
-//! failure throws, naming `op` and the problem.
+//! use (the plan stays in `ctx.lt_plans()`). Returns false, having queued nothing, when no cuBLASLt kernel supports
+//! it (the heuristics find none, or the matmul answers CUBLAS_STATUS_NOT_SUPPORTED; or k is 0): the caller then runs
+//! the unfused kernels. Any other failure throws, naming `op` and the problem.
 //!
 //! fp32 runs with full fp32 products unless the context allows TF32, like `Gemm::gemm`.
 [[nodiscard]] inline bool lt_matmul(const Context& ctx, const LtMatmul& mm, const char* op) {
@@ -216,7 +168,7 @@ inline void lt_set_pointers(cublasLtMatmulDesc_t d, const LtMatmul& mm, const ch
                   lt_alignment(mm.c),
                   lt_alignment(mm.bias),
                   lt_alignment(mm.aux)};
-  auto& plans = lt_plans();
+  LtPlans& plans = ctx.lt_plans();
   auto it = plans.find(key);
   if (it == plans.end()) it = plans.emplace(key, lt_plan(ctx, mm, compute, op)).first;
   LtPlan& plan = it->second;

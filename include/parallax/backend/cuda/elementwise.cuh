@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <span>
 
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -19,6 +20,7 @@
 #include "detail/column_sum.cuh"
 #include "detail/grid.cuh"
 #include "detail/kernel_args.hpp"
+#include "detail/scratch.hpp"
 #include "memory.hpp"
 
 namespace parallax::cuda {
@@ -128,22 +130,45 @@ __global__ void __launch_bounds__(reduce_threads) reduce_final_kernel(const Acc*
   if (threadIdx.x == 0) *out = acc;
 }
 
+//! Adds x[0..n) in index order on one thread: the per-piece results of a batched reduction, added like the host's
+//! loop over the pieces.
+template <class Acc>
+__global__ void sum_in_order_kernel(const Acc* x, int n, Acc* out) {
+  Acc s{0};
+  for (int i = 0; i < n; ++i) s += x[i];
+  *out = s;
+}
+
+//! Queues both passes on the compute stream, the result going to the device slot `out` (n > 0; the context's
+//! reduction scratch holds the partial sums, so one reduction's passes follow the previous one's on the stream).
+template <class Acc, class T, class Term>
+void reduce_to(const Context& ctx, const T* x, std::int64_t n, Term term, Acc* out, const char* what) {
+  const unsigned blocks = reduce_blocks(n);
+  Acc* partial = static_cast<Acc*>(ctx.reduce_scratch());
+  reduce_partial_kernel<Acc><<<blocks, reduce_threads, 0, ctx.stream()>>>(x, n, partial, term);
+  check_launch(what);
+  reduce_final_kernel<Acc><<<1, reduce_threads, 0, ctx.stream()>>>(partial, static_cast<int>(blocks), out);
+  check_launch(what);
+}
+
+//! Copies the device value `result` into the context's pinned result slot, waits for the compute stream (the one
+//! host synchronization of a reduction) and returns it.
+template <class Acc>
+[[nodiscard]] Acc read_back(const Context& ctx, const Acc* result, const char* what) {
+  check(cudaMemcpyAsync(ctx.reduce_result(), result, sizeof(Acc), cudaMemcpyDeviceToHost, ctx.stream()), what);
+  check(cudaStreamSynchronize(ctx.stream()), what);
+  Acc value;
+  std::memcpy(&value, ctx.reduce_result(), sizeof(Acc));
+  return value;
+}
+
 //! Runs both passes on the compute stream and returns the result (waits for the stream).
 template <class Acc, class T, class Term>
 [[nodiscard]] Acc reduce(const Context& ctx, const T* x, std::int64_t n, Term term, const char* what) {
   if (n == 0) return Acc{0};
-  const unsigned blocks = reduce_blocks(n);
-  Acc* partial = static_cast<Acc*>(ctx.reduce_scratch());
-  Acc* total = partial + reduce_max_blocks;
-  reduce_partial_kernel<Acc><<<blocks, reduce_threads, 0, ctx.stream()>>>(x, n, partial, term);
-  check_launch(what);
-  reduce_final_kernel<Acc><<<1, reduce_threads, 0, ctx.stream()>>>(partial, static_cast<int>(blocks), total);
-  check_launch(what);
-  check(cudaMemcpyAsync(ctx.reduce_result(), total, sizeof(Acc), cudaMemcpyDeviceToHost, ctx.stream()), what);
-  check(cudaStreamSynchronize(ctx.stream()), what);
-  Acc result;
-  std::memcpy(&result, ctx.reduce_result(), sizeof(Acc));
-  return result;
+  Acc* total = static_cast<Acc*>(ctx.reduce_scratch()) + reduce_max_blocks;
+  reduce_to<Acc>(ctx, x, n, term, total, what);
+  return read_back(ctx, total, what);
 }
 
 }  // namespace detail
@@ -215,6 +240,27 @@ struct Elementwise {
   template <FloatElement T>
   [[nodiscard]] static double sum_squares(const Context& ctx, View<const T, Memory> x) {
     return detail::reduce<double>(ctx, x.data(), x.numel(), detail::SquareTerm{}, "cuda::Elementwise::sum_squares");
+  }
+  //! The sum of `sum_squares` over the pieces, added in list order: bitwise the host-side loop over the single-view
+  //! op, with one host synchronization in all. Each non-empty piece's two passes write its fp64 sum to a device
+  //! array (stream-ordered scratch from the rank's memory cache, counted as workspace), one thread adds the array in
+  //! order, and the total is read back once. Pieces may be empty; an empty list (or only empty pieces) gives 0
+  //! without touching the GPU.
+  template <FloatElement T>
+  [[nodiscard]] static double sum_squares(const Context& ctx, std::span<const View<const T, Memory>> pieces) {
+    constexpr const char* what = "cuda::Elementwise::sum_squares";
+    const auto count = static_cast<std::size_t>(
+        std::count_if(pieces.begin(), pieces.end(), [](const auto& piece) { return !piece.empty(); }));
+    if (count == 0) return 0;
+    detail::Scratch<double> sums(ctx, count + 1, what);  // one slot per non-empty piece, then the total
+    std::size_t i = 0;
+    for (const auto& piece : pieces)
+      if (!piece.empty())
+        detail::reduce_to<double>(ctx, piece.data(), piece.numel(), detail::SquareTerm{}, sums.get() + i++, what);
+    detail::sum_in_order_kernel<double><<<1, 1, 0, ctx.stream()>>>(sums.get(), static_cast<int>(count),
+                                                                   sums.get() + count);
+    check_launch(what);
+    return detail::read_back(ctx, sums.get() + count, what);
   }
   //! Number of NaN or infinite elements.
   template <FloatElement T>

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include <fmt/format.h>
@@ -84,6 +85,14 @@ struct Elementwise {
       const double v = float(x.data()[i]);
       s += v * v;
     }
+    return s;
+  }
+  //! The sum of `sum_squares` over the pieces, added in list order (the squared L2 norm of a set of tensors, such
+  //! as a model's gradients). Pieces may be empty; an empty list gives 0.
+  template <FloatElement T>
+  [[nodiscard]] static double sum_squares(const Context& ctx, std::span<const View<const T, Memory>> pieces) {
+    double s = 0;
+    for (const auto& piece : pieces) s += sum_squares(ctx, piece);
     return s;
   }
   //! Number of NaN or infinite elements.
