@@ -414,7 +414,7 @@ class TiedEmbedding {
     if (copies_.size() == 2) {
       const px::View<T, Memory> other = copies_.back().p->grad();
       B::axpby(ctx, 1.f, px::View<const T, Memory>(other), 1.f, mine);
-      px::copy(other, px::View<const T, Memory>(mine));
+      B::copy(ctx, px::View<const T, Memory>(mine), other);
     } else {
       px::Tensor<T, Memory> theirs(rank_->allocator(), mine.shape(), px::MemoryCategory::communication);
       px::Communicator& pp = mesh_->pp();

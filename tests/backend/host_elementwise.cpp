@@ -124,6 +124,16 @@ TEST_CASE("host cast rounds exactly like the scalar constructors", "[backend][ho
   }
 }
 
+TEMPLATE_TEST_CASE("host copy copies any element type, and only between views of one size",
+                   "[backend][host][elementwise]", float, bf16, std::int32_t) {
+  std::vector<TestType> src(7), dst(7);
+  for (std::size_t i = 0; i < src.size(); ++i) src[i] = TestType(static_cast<float>(3 * i) - 5.f);
+  Backend::copy(ctx, cview(src), view(dst));
+  CHECK(std::memcmp(dst.data(), src.data(), src.size() * sizeof(TestType)) == 0);
+  std::vector<TestType> shorter(6);
+  CHECK_THROWS_WITH(Backend::copy(ctx, cview(src), view(shorter)), "copy: operands have 7 and 6 elements");
+}
+
 TEMPLATE_TEST_CASE("host scale multiplies in fp32 and rounds once", "[backend][host][elementwise]", float, bf16, fp16) {
   const auto f = tricky_floats();
   std::vector<float> vals;

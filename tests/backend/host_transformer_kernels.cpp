@@ -577,6 +577,21 @@ TEST_CASE("embedding rejects ids outside the vocabulary, naming the id and its p
              Equals("embedding_forward: table rows [6, 10) do not fit a vocabulary of 8"));
 }
 
+TEST_CASE("position_ids numbers the rows of a [T, B] batch from the first position", "[host][kernels][embedding]") {
+  std::vector<i32> ids(12, -7);
+  Backend::position_ids(ctx, V<i32>(ids.data(), Shape{12}), 0, 3);
+  CHECK(ids == std::vector<i32>{0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3});
+  Backend::position_ids(ctx, V<i32>(ids.data(), Shape{12}), 5, 4);  // a sequence-parallel shard's rows from 5
+  CHECK(ids == std::vector<i32>{5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7});
+  Backend::position_ids(ctx, V<i32>(ids.data(), Shape{0}), 0, 0);  // nothing to number
+  CHECK_THAT(error_of([&] { Backend::position_ids(ctx, V<i32>(ids.data(), Shape{12}), 0, 5); }),
+             Equals("position_ids: 12 ids are not rows of a batch of 5"));
+  CHECK_THAT(error_of([&] { Backend::position_ids(ctx, V<i32>(ids.data(), Shape{12}), -1, 3); }),
+             Equals("position_ids: positions -1 to 2 are not int32 positions"));
+  CHECK_THAT(error_of([&] { Backend::position_ids(ctx, V<i32>(ids.data(), Shape{12}), i64{1} << 31, 3); }),
+             Equals("position_ids: positions 2147483648 to 2147483651 are not int32 positions"));
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
 TEST_CASE("transformer kernels reject mismatched shapes, naming the kernel and the shapes", "[host][kernels][errors]") {
   std::vector<float> buf(4096), f(4096);

@@ -43,6 +43,7 @@
 #include <span>
 #include <string>
 #include <type_traits>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -1102,6 +1103,24 @@ TEST_CASE("cuda embedding matches the host backend", "[gpu][cuda][embedding]") {
 
   const px::host::Context hctx(0);
   Device dev;
+  // Position ids on the stream, and a stream-ordered copy of them: equal to the host's.
+  for (const auto& [n, first, batch] : {std::tuple<i64, i64, i64>{12, 0, 3}, {4096 * 8, 7, 8}, {5, 2, 1}}) {
+    std::vector<i32> want(static_cast<std::size_t>(n));
+    HB::position_ids(hctx, hv(want, Shape{n}), first, batch);
+    auto got = dev.zeros<i32>(Shape{n}), copied = dev.zeros<i32>(Shape{n});
+    CB::position_ids(ctx, got.view(), first, batch);
+    CB::copy(ctx, got.cview(), copied.view());
+    CHECK(px::to_vector(got.cview()) == want);
+    CHECK(px::to_vector(copied.cview()) == want);
+  }
+  {
+    auto ids12 = dev.zeros<i32>(Shape{12});
+    CHECK(error_of([&] { CB::position_ids(ctx, ids12.view(), 0, 5); }) ==
+          error_of([&] {
+            std::vector<i32> h(12);
+            HB::position_ids(hctx, hv(h, Shape{12}), 0, 5);
+          }));
+  }
   const std::vector<i32> ids{3, 1, 12, 0, -1};
   const std::vector<float> table(10 * 4);
   std::vector<float> out(5 * 4);

@@ -18,6 +18,7 @@ concept Backend = MemorySpace<typename B::Memory> && requires(const typename B::
   { B::name } -> std::convertible_to<const char*>;
   ctx.synchronize();
   B::fill(ctx, y, a);
+  B::copy(ctx, x, y);
   B::axpby(ctx, a, x, a, y);
   B::gemm(ctx, Trans::N, Trans::N, a, x, x, a, y);
   { B::sum_squares(ctx, x) } -> std::convertible_to<double>;

@@ -181,7 +181,7 @@ class GradientBuckets {
     counts_.assign(counts_.size(), 0);
     ready_.assign(ready_.size(), 0);
     started_.assign(started_.size(), false);
-    if (!options_.shard) Memory::zero(full_.data(), full_.bytes());
+    if (!options_.shard) B::fill(rank_->context(), full_.view(), 0.f);
   }
 
   //! The reduced gradient this rank keeps of bucket `b` (after `finish()`): the whole padded bucket when

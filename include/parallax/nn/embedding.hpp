@@ -119,13 +119,10 @@ class Embedding {
                   rank_->id());
     return Shape{vocab, dim};
   }
-  //! The position of every token of ids [T, B], flattened: t at index t * B + b (built here, then uploaded).
+  //! The position of every token of ids [T, B], flattened: t at index t * B + b.
   [[nodiscard]] TensorOf<B, std::int32_t> position_ids(const Shape& ids) const {
-    std::vector<std::int32_t> host(static_cast<std::size_t>(ids.numel()));
-    const auto batch = static_cast<std::size_t>(ids[1]);
-    for (std::size_t i = 0; i < host.size(); ++i) host[i] = static_cast<std::int32_t>(i / batch);
     TensorOf<B, std::int32_t> out(rank_->allocator(), Shape{ids.numel()}, MemoryCategory::workspace);
-    copy_from(out.view(), std::span<const std::int32_t>(host));
+    B::position_ids(rank_->context(), out.view(), 0, ids[1]);
     return out;
   }
 

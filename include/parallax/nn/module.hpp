@@ -77,11 +77,11 @@ template <Backend B, class T>
   requires Element<std::remove_const_t<T>>
 using ViewOf = View<T, typename B::Memory>;
 
-//! A new activation tensor holding a copy of `x` (what a module saves for its backward).
+//! A new activation tensor holding a copy of `x` (what a module saves for its backward), made on the rank's stream.
 template <Backend B, Element T>
 [[nodiscard]] TensorOf<B, T> save(Rank<B>& rank, View<const T, typename B::Memory> x) {
   TensorOf<B, T> t(rank.allocator(), x.shape(), MemoryCategory::activations);
-  copy(t.view(), x);
+  B::copy(rank.context(), x, t.view());
   return t;
 }
 

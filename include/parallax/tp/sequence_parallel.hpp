@@ -52,7 +52,7 @@ template <Backend B, class Mesh, Element T>
   const std::int64_t t = check_divisible(mesh, "scatter_sequence", "sequence positions",
                                          detail::sequence_length(mesh, "scatter_sequence", full.shape()));
   auto shard = nn::activation<B, T>(mesh_rank<B>(mesh), full.shape().with(0, t));
-  copy(shard.view(), full.rows(mesh.tp_rank() * t, (mesh.tp_rank() + 1) * t));
+  B::copy(mesh_rank<B>(mesh).context(), full.rows(mesh.tp_rank() * t, (mesh.tp_rank() + 1) * t), shard.view());
   return shard;
 }
 
@@ -123,7 +123,7 @@ class SequenceParallel {
     kept.reserve(params.size());
     for (auto* p : params) {
       kept.emplace_back(rank_->allocator(), p->shape(), MemoryCategory::workspace);
-      copy(kept.back().view(), nn::ViewOf<backend, const value_type>(p->acquire_grad()));
+      backend::copy(rank_->context(), nn::ViewOf<backend, const value_type>(p->acquire_grad()), kept.back().view());
       p->zero_grad();
       auto value_only = p->hooks();
       value_only.before_grad = value_only.after_grad = nullptr;
@@ -133,7 +133,7 @@ class SequenceParallel {
       inner_.backward_weight(ctx);
     } catch (...) {
       for (std::size_t i = 0; i < params.size(); ++i) {
-        copy(params[i]->grad(), kept[i].cview());
+        backend::copy(rank_->context(), kept[i].cview(), params[i]->grad());
         params[i]->set_hooks(std::move(hooks[i]));
       }
       throw;

@@ -183,11 +183,8 @@ class VocabParallelEmbedding {
   // Position ids [rows * batch] of the sequence rows [first, first + rows), batch-minor like the activations.
   [[nodiscard]] Tensor<std::int32_t, Memory> position_ids(std::int64_t first, std::int64_t rows,
                                                           std::int64_t batch) const {
-    std::vector<std::int32_t> host(static_cast<std::size_t>(rows * batch));
-    for (std::size_t n = 0; n < host.size(); ++n)
-      host[n] = static_cast<std::int32_t>(first + static_cast<std::int64_t>(n) / batch);
     auto ids = nn::activation<B, std::int32_t>(*rank_, Shape{rows * batch});
-    copy_from(ids.view(), std::span<const std::int32_t>(host));
+    B::position_ids(rank_->context(), ids.view(), first, batch);
     return ids;
   }
 

@@ -184,6 +184,15 @@ struct Elementwise {
     detail::fill_kernel<<<blocks, detail::elementwise_threads, 0, ctx.stream()>>>(x.data(), x.numel(), T(value));
     check_launch("cuda::Elementwise::fill");
   }
+  //! dst = src, any element type, the same number of elements: a device-to-device copy queued on the compute stream
+  //! (`parallax::copy` of two views waits for the whole device instead).
+  template <Element T>
+  static void copy(const Context& ctx, View<const T, Memory> src, View<T, Memory> dst) {
+    detail::same_size("copy", src.numel(), dst.numel());
+    if (src.empty()) return;
+    check(cudaMemcpyAsync(dst.data(), src.data(), src.bytes(), cudaMemcpyDeviceToDevice, ctx.stream()),
+          "cuda::Elementwise::copy (cudaMemcpyAsync)");
+  }
   //! dst = src converted (rounding to nearest even for 16-bit types).
   template <FloatElement S, FloatElement D>
   static void cast(const Context& ctx, View<const S, Memory> src, View<D, Memory> dst) {

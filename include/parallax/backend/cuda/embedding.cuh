@@ -81,6 +81,11 @@ __global__ void __launch_bounds__(embedding_threads)
   }
 }
 
+//! ids[n] = first + n / batch.
+__global__ void position_ids_kernel(std::int32_t* ids, std::int64_t n, std::int64_t first, std::int64_t batch) {
+  for (std::int64_t i = grid_index(); i < n; i += grid_stride()) ids[i] = static_cast<std::int32_t>(first + i / batch);
+}
+
 }  // namespace detail
 
 //! Embedding kernels of the CUDA backend: row lookup in table[V, D] by int32 ids[N] (token ids, or positions
@@ -98,6 +103,16 @@ __global__ void __launch_bounds__(embedding_threads)
 //! Embedding::embedding_backward(ctx, ids, dout, dshard, vocab_begin);           // dshard += scatter(dout)
 //! @endcode
 struct Embedding {
+  //! ids[n] = first + n / batch: the position of every token of a [T, B] batch, flattened (T = ids.numel() / batch),
+  //! the ids of a position embedding; queued on the compute stream (no upload, no host wait).
+  static void position_ids(const Context& ctx, View<std::int32_t, Memory> ids, std::int64_t first, std::int64_t batch) {
+    detail::check_position_ids(ids.numel(), first, batch);
+    if (ids.empty()) return;
+    detail::position_ids_kernel<<<detail::elementwise_blocks(ctx, ids.numel()), detail::elementwise_threads, 0,
+                                  ctx.stream()>>>(ids.data(), ids.numel(), first, batch);
+    check_launch("cuda::Embedding::position_ids");
+  }
+
   //! out[n, :] = table[ids[n], :]. Throws if an id lies outside [0, V), naming the id and its position.
   template <FloatElement T>
   static void embedding_forward(const Context& ctx, View<const std::int32_t, Memory> ids, detail::In<T> table,

@@ -31,6 +31,12 @@ struct Elementwise {
     const T v(value);
     for (std::int64_t i = 0; i < x.numel(); ++i) x.data()[i] = v;
   }
+  //! dst = src, any element type, the same number of elements (on a device backend: queued on the stream).
+  template <Element T>
+  static void copy(const Context&, View<const T, Memory> src, View<T, Memory> dst) {
+    detail::same_size("copy", src.numel(), dst.numel());
+    if (!src.empty()) Memory::copy(dst.data(), src.data(), src.bytes());
+  }
   //! dst = src converted (rounding to nearest even for 16-bit types).
   template <FloatElement S, FloatElement D>
   static void cast(const Context&, View<const S, Memory> src, View<D, Memory> dst) {

@@ -21,11 +21,19 @@ namespace parallax::host {
 //! 0..T-1 for a position embedding). A vocabulary shard holds the rows [vocab_begin, vocab_begin + V) of a
 //! table of vocab_size rows; ids are always global.
 //! @code
+//! Embedding::position_ids(ctx, positions, 0, batch);                           // 0 0 .. 1 1 .. for [T, B]
 //! Embedding::embedding_forward(ctx, ids, table, out);                          // whole table
 //! Embedding::embedding_forward(ctx, ids, shard, out, vocab_begin, vocab_size); // shard: other rows give 0
 //! Embedding::embedding_backward(ctx, ids, dout, dshard, vocab_begin);           // dshard += scatter(dout)
 //! @endcode
 struct Embedding {
+  //! ids[n] = first + n / batch: the position of every token of a [T, B] batch, flattened (T = ids.numel() / batch),
+  //! the ids of a position embedding.
+  static void position_ids(const Context&, View<std::int32_t, Memory> ids, std::int64_t first, std::int64_t batch) {
+    detail::check_position_ids(ids.numel(), first, batch);
+    for (std::int64_t n = 0; n < ids.numel(); ++n) ids.data()[n] = static_cast<std::int32_t>(first + n / batch);
+  }
+
   //! out[n, :] = table[ids[n], :]. Throws if an id lies outside [0, V), naming the id and its position.
   template <FloatElement T>
   static void embedding_forward(const Context& ctx, View<const std::int32_t, Memory> ids, detail::In<T> table,

@@ -19,6 +19,7 @@ template <class T>
 using Out = View<std::type_identity_t<T>, Memory>;
 
 // The shape checks are the host kernels': same rules, same messages. They only read shapes.
+using host::detail::check_position_ids;
 using host::detail::expect_rank;
 using host::detail::expect_shape;
 
