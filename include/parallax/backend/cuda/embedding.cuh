@@ -81,9 +81,11 @@ __global__ void __launch_bounds__(embedding_threads)
   }
 }
 
-//! ids[n] = first + n / batch.
-__global__ void position_ids_kernel(std::int32_t* ids, std::int64_t n, std::int64_t first, std::int64_t batch) {
-  for (std::int64_t i = grid_index(); i < n; i += grid_stride()) ids[i] = static_cast<std::int32_t>(first + i / batch);
+//! ids[n] = first + n / batch. (A template, like every kernel in these headers: a non-template __global__ function
+//! would be defined once per translation unit that includes it.)
+template <class Index>
+__global__ void position_ids_kernel(Index* ids, std::int64_t n, std::int64_t first, std::int64_t batch) {
+  for (std::int64_t i = grid_index(); i < n; i += grid_stride()) ids[i] = static_cast<Index>(first + i / batch);
 }
 
 }  // namespace detail
@@ -108,8 +110,9 @@ struct Embedding {
   static void position_ids(const Context& ctx, View<std::int32_t, Memory> ids, std::int64_t first, std::int64_t batch) {
     detail::check_position_ids(ids.numel(), first, batch);
     if (ids.empty()) return;
-    detail::position_ids_kernel<<<detail::elementwise_blocks(ctx, ids.numel()), detail::elementwise_threads, 0,
-                                  ctx.stream()>>>(ids.data(), ids.numel(), first, batch);
+    const unsigned blocks = detail::elementwise_blocks(ctx, ids.numel());
+    detail::position_ids_kernel<std::int32_t><<<blocks, detail::elementwise_threads, 0, ctx.stream()>>>(
+        ids.data(), ids.numel(), first, batch);
     check_launch("cuda::Embedding::position_ids");
   }
 
