@@ -49,8 +49,8 @@ struct NcclOptions {
 
 //! Transport over NCCL for buffers in `cuda::Memory`: one rank per GPU, in one process (a thread per
 //! GPU) or in one process per GPU. Calls are queued on the given communication stream (a group made by
-//! `split` gets a stream of its own, so calls of different groups never queue behind each other and
-//! cannot deadlock by being issued in different orders); the returned Work waits for an event recorded
+//! `split` gets a stream of its own, so calls of different groups do not queue behind each other);
+//! the returned Work waits for an event recorded
 //! after the call, watching for NCCL errors, and after the timeout aborts the communicator and throws
 //! naming the call, its sequence number, the group and the rank.
 //! With `debug_collectives`, each call is first compared across the ranks (mismatches throw on every
@@ -211,8 +211,13 @@ class NcclCommunicator final : public Transport {
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     ncclComm_t child = nullptr;
-    c_->check_call(ncclCommSplit(c_->get(), color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &child, &config),
-                   "ncclCommSplit", d);
+    try {
+      c_->check_call(ncclCommSplit(c_->get(), color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &child, &config),
+                     "ncclCommSplit", d);
+    } catch (...) {
+      if (child != nullptr) (void)ncclCommAbort(child);  // a nonblocking split may have made it already
+      throw;
+    }
     if (child != nullptr) {
       const ncclResult_t r =
           detail::nccl_poll(child, std::chrono::steady_clock::now() + c_->timeout(), c_->peers().get());

@@ -113,7 +113,7 @@ class Context {
   }
 
   Context(Context&&) noexcept = default;
-  Context& operator=(Context&&) noexcept = default;
+  Context& operator=(Context&&) = delete;  // would free the old streams and handles unsynchronised, off device
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
   ~Context() {

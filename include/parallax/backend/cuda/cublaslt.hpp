@@ -136,7 +136,11 @@ inline void lt_set_pointers(cublasLtMatmulDesc_t d, const LtMatmul& mm, const ch
   int count = 0;
   const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(ctx.cublaslt(), desc, plan.a.get(), plan.b.get(),
                                                                plan.c.get(), plan.c.get(), p, 1, &result, &count);
-  if (status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && count == 0)) return plan;
+  // No kernel for this combination: cuBLASLt says NOT_SUPPORTED, or INVALID_VALUE for some epilogue / type /
+  // transpose combinations it does not take at all; either way the caller's unfused kernels run instead.
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE ||
+      (status == CUBLAS_STATUS_SUCCESS && count == 0))
+    return plan;
   lt_check(status, "cublasLtMatmulAlgoGetHeuristic", mm, op);
   plan.algo = result.algo;
   plan.found = true;
@@ -145,7 +149,8 @@ inline void lt_set_pointers(cublasLtMatmulDesc_t d, const LtMatmul& mm, const ch
 
 //! Queues `mm` on the context's compute stream through cuBLASLt with the context's workspace, planning it on first
 //! use (the plan stays in `ctx.lt_plans()`). Returns false, having queued nothing, when no cuBLASLt kernel supports
-//! it (the heuristics find none, or the matmul answers CUBLAS_STATUS_NOT_SUPPORTED; or k is 0): the caller then runs
+//! it (the heuristics find none or refuse the combination, or the matmul answers CUBLAS_STATUS_NOT_SUPPORTED; or k
+//! is 0): the caller then runs
 //! the unfused kernels. Any other failure throws, naming `op` and the problem.
 //!
 //! fp32 runs with full fp32 products unless the context allows TF32, like `Gemm::gemm`.

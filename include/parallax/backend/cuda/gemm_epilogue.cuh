@@ -125,14 +125,17 @@ struct GemmEpilogue {
   //! C = alpha op(A) op(B) + beta C with A transposed, and db[i] += sum_r A[r, i]: a linear layer's weight gradient
   //! dW = dY^T X (+= with beta 1) and its bias gradient, the column sums of dY [k, m], in one call. db [m] has T's
   //! type or fp32. `beta == 0` ignores C's contents. cuBLASLt: BGRADB epilogue (cuBLASLt's B is our A), which
-  //! writes the column sums (rounded to T) into scratch; they are then added to db.
+  //! writes the column sums (rounded to T) into scratch; they are then added to db. An fp32 db of 16-bit operands
+  //! takes the unfused kernels instead (GEMM, then column sums in fp32).
   template <FloatElement T, FloatElement G>
     requires(std::is_same_v<G, T> || std::is_same_v<G, float>)
   static void gemm_bias_grad(const Context& ctx, Trans ta, Trans tb, float alpha, detail::In<T> a, detail::In<T> b,
                              float beta, View<T, Memory> c, View<G, Memory> db) {
     constexpr const char* op = "cuda::GemmEpilogue::gemm_bias_grad";
     const auto [m, n, k] = parallax::detail::check_gemm_bias_grad(ta, tb, a.shape(), b.shape(), c.shape(), db.shape());
-    if (m > 0 && n > 0 && k > 0) {
+    // BGRADB writes the sums in T (cuBLASLt: bias gradient elements have the output's type), so an fp32 db of
+    // 16-bit operands takes the unfused path, which sums in fp32 and rounds once.
+    if (std::is_same_v<G, T> && m > 0 && n > 0 && k > 0) {
       detail::Scratch<T> sums(ctx, static_cast<std::size_t>(m), op);
       const detail::LtMatmul mm{.epilogue = CUBLASLT_EPILOGUE_BGRADB, .ta = ta, .tb = tb, .m = m, .n = n, .k = k,
                                 .type = detail::cuda_type<T>, .alpha = alpha, .beta = beta, .a = a.data(),

@@ -112,7 +112,9 @@ class SpaceChannel<cuda::Memory> {
   //! `compute`: the stream the rank queues its work on (null: none known). Makes the channel's stream on the
   //! current device, which must be the rank's.
   explicit SpaceChannel(cudaStream_t compute = nullptr)
-      : compute_(compute), device_(cuda::current_device()), stream_(-1) {}
+      : compute_(compute), device_(cuda::current_device()), stream_(-1) {
+    cuda::check(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device_), "cudaDeviceGetAttribute");
+  }
 
   [[nodiscard]] marker mark() const {
     if (compute_ == nullptr) return nullptr;
@@ -146,7 +148,7 @@ class SpaceChannel<cuda::Memory> {
     for (int k = 0; k < n_out; ++k) p.out[k] = outs[k];
     constexpr int threads = 256;
     const std::int64_t wanted = (count + threads - 1) / threads;
-    const auto blocks = static_cast<unsigned>(std::min<std::int64_t>(wanted, std::int64_t{sms()} * 16));
+    const auto blocks = static_cast<unsigned>(std::min<std::int64_t>(wanted, std::int64_t{sms_} * 16));
     dispatch(t, [&]<class T>(std::type_identity<T>) {
       cuda::detail::reduce_ranks_kernel<T><<<blocks, threads, 0, stream_.get()>>>(p, n_out, n, count, op);
     });
@@ -172,17 +174,12 @@ class SpaceChannel<cuda::Memory> {
     cuda::check(cudaDeviceSynchronize(), "ThreadCommunicator<cuda::Memory> (cudaDeviceSynchronize)");
     drain_ = false;
   }
-  [[nodiscard]] int sms() {
-    if (sms_ == 0)
-      cuda::check(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device_), "cudaDeviceGetAttribute");
-    return sms_;
-  }
 
   cudaStream_t compute_;
   int device_;
   cuda::Stream stream_;  // high priority: collectives are on the ranks' critical path
   bool drain_ = false;
-  int sms_ = 0;
+  int sms_ = 0;  // multiprocessors of the device (set once: send/recv may use the channel beside the worker)
 };
 
 }  // namespace parallax::detail

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -263,7 +264,8 @@ class NcclComm {
       {
         std::lock_guard lock(mutex_);
         if (comm_ != nullptr) {
-          bool clean = !broken();
+          // While this rank unwinds from an error its peers may never match what is queued: abort, do not wait.
+          bool clean = !broken() && std::uncaught_exceptions() == 0;
           if (clean) {
             ncclResult_t r = ncclCommFinalize(comm_);
             if (r == ncclInProgress) r = nccl_poll(comm_, std::chrono::steady_clock::now() + timeout_, peers_.get());
