@@ -1030,6 +1030,8 @@ TEST_CASE("cuda head layout copies match the host backend", "[gpu][cuda][attenti
   compare_head_layout<float>(ctx, 2, 3, 5, 4);
   compare_head_layout<bf16>(ctx, 3, 2, 7, 33);
   compare_head_layout<float>(ctx, 1, 1, 1, 1);
+  compare_head_layout<bf16>(ctx, 2, 12, 64, 64);  // GPT-2's heads: 16-byte chunks
+  compare_head_layout<bf16>(ctx, 2, 4, 9, 128);
 
   const px::host::Context hctx(0);
   Device dev;

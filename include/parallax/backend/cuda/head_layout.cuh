@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 #include <cuda_runtime.h>
@@ -13,6 +14,7 @@
 #include "check.hpp"
 #include "context.hpp"
 #include "detail/grid.cuh"
+#include "detail/head_offset.hpp"
 #include "detail/kernel_args.hpp"
 #include "elementwise.cuh"
 #include "memory.hpp"
@@ -24,53 +26,53 @@ namespace detail {
 // The shape checks are the host kernels' (same messages).
 using host::detail::expect_head_layout;
 
-//! The sizes of a layout copy: heads [B, H, T, Dh] per section, packed [T, B, sections * H * Dh].
-struct HeadDims {
-  std::int64_t nb, nh, nt, dh, sections;
-};
-
-//! The section of element p of the packed operand, and its offset in that section's head-major operand:
-//! p = (((t * B + b) * S + s) * H + h) * Dh + i  ->  ((b * H + h) * T + t) * Dh + i.
-__device__ inline std::int64_t head_offset(std::int64_t p, const HeadDims& d, int& section) {
-  const std::int64_t i = p % d.dh;
-  std::int64_t q = p / d.dh;
-  const std::int64_t h = q % d.nh;
-  q /= d.nh;
-  section = static_cast<int>(q % d.sections);
-  q /= d.sections;
-  const std::int64_t b = q % d.nb, t = q / d.nb;
-  return ((b * d.nh + h) * d.nt + t) * d.dh + i;
-}
-
-//! The head-major operands of a copy, one per section (q, k, v; or one).
-template <class T>
-struct HeadPointers {
-  T* p[3];
-};
-
-template <class T>
-__global__ void packed_to_heads_kernel(const T* packed, HeadPointers<T> heads, HeadDims d, std::int64_t total) {
-  for (std::int64_t p = grid_index(); p < total; p += grid_stride()) {
+//! Moves unit u of the packed operand to or from its place in the head-major operands (`head_unit_offset`), for
+//! every u < total. `Unit` is a 16-byte chunk when every row of Dh elements is made of whole aligned chunks, else
+//! one element; the section's pointer is chosen by value, not by indexing an array (which would live in local memory).
+template <bool ToHeads, class Unit, class Index>
+__global__ void head_layout_kernel(Unit* packed, Unit* q, Unit* k, Unit* v, HeadDims d, Index units, Index total) {
+  const auto stride = static_cast<Index>(gridDim.x) * blockDim.x;
+  for (Index u = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; u < total; u += stride) {
     int s = 0;
-    const std::int64_t o = head_offset(p, d, s);
-    heads.p[s][o] = packed[p];
+    const Index o = head_unit_offset(u, units, d, s);
+    Unit* head = s == 0 ? q : s == 1 ? k : v;
+    if constexpr (ToHeads)
+      head[o] = packed[u];
+    else
+      packed[u] = head[o];
   }
 }
 
-template <class T>
-__global__ void heads_to_packed_kernel(HeadPointers<const T> heads, T* packed, HeadDims d, std::int64_t total) {
-  for (std::int64_t p = grid_index(); p < total; p += grid_stride()) {
-    int s = 0;
-    const std::int64_t o = head_offset(p, d, s);
-    packed[p] = heads.p[s][o];
-  }
-}
-
-//! Launches one layout copy over the `total` elements of the packed operand.
-template <class Kernel, class... A>
-void launch_layout(const Context& ctx, Kernel kernel, std::int64_t total, const char* what, A... args) {
-  if (total == 0) return;
-  kernel<<<elementwise_blocks(ctx, total), elementwise_threads, 0, ctx.stream()>>>(args..., total);
+//! One layout copy between the packed operand ([T, B, sections * H * Dh], `packed_elements` elements) and the
+//! head-major operands (q; k and v for three sections), on the compute stream: 16 bytes a thread where the rows
+//! allow it, 32-bit offsets where they fit.
+template <bool ToHeads, class T>
+void copy_layout(const Context& ctx, const T* packed, const T* q, const T* k, const T* v, HeadDims d,
+                 std::int64_t packed_elements, const char* what) {
+  if (packed_elements == 0) return;
+  const auto aligned = [](const T* p) { return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+  const bool chunks = (d.dh * static_cast<std::int64_t>(sizeof(T))) % 16 == 0 && aligned(packed) && aligned(q) &&
+                      aligned(k) && aligned(v);
+  // The kernel takes every operand as writable; `ToHeads` decides which side it writes (inputs are only read).
+  const auto run = [&]<class Unit>(std::type_identity<Unit>) {
+    const std::int64_t units = d.dh * static_cast<std::int64_t>(sizeof(T)) / static_cast<std::int64_t>(sizeof(Unit));
+    const std::int64_t total = packed_elements / d.dh * units;
+    const unsigned blocks = elementwise_blocks(ctx, total);
+    auto* p = reinterpret_cast<Unit*>(const_cast<T*>(packed));
+    auto* uq = reinterpret_cast<Unit*>(const_cast<T*>(q));
+    auto* uk = reinterpret_cast<Unit*>(const_cast<T*>(k));
+    auto* uv = reinterpret_cast<Unit*>(const_cast<T*>(v));
+    if (total <= std::int64_t{UINT32_MAX})
+      head_layout_kernel<ToHeads, Unit, std::uint32_t><<<blocks, elementwise_threads, 0, ctx.stream()>>>(
+          p, uq, uk, uv, d, static_cast<std::uint32_t>(units), static_cast<std::uint32_t>(total));
+    else
+      head_layout_kernel<ToHeads, Unit, std::uint64_t><<<blocks, elementwise_threads, 0, ctx.stream()>>>(
+          p, uq, uk, uv, d, static_cast<std::uint64_t>(units), static_cast<std::uint64_t>(total));
+  };
+  if (chunks)
+    run(std::type_identity<uint4>{});
+  else
+    run(std::type_identity<T>{});
   check_launch(what);
 }
 
@@ -96,9 +98,8 @@ struct HeadLayout {
                         detail::Out<T> v) {
     detail::expect_head_layout("split_qkv", "qkv", qkv.shape(), 3, "q", q.shape(), std::pair{"k", k.shape()},
                                std::pair{"v", v.shape()});
-    detail::launch_layout(ctx, detail::packed_to_heads_kernel<T>, qkv.numel(), "cuda::HeadLayout::split_qkv",
-                          qkv.data(), detail::HeadPointers<T>{{q.data(), k.data(), v.data()}},
-                          detail::head_dims(q.shape(), 3));
+    detail::copy_layout<true>(ctx, qkv.data(), q.data(), k.data(), v.data(), detail::head_dims(q.shape(), 3),
+                              qkv.numel(), "cuda::HeadLayout::split_qkv");
   }
 
   //! The inverse of `split_qkv`: gathers dq, dk, dv [B, H, T, Dh] into dqkv [T, B, 3 * H * Dh] (overwritten).
@@ -107,9 +108,8 @@ struct HeadLayout {
                         View<T, Memory> dqkv) {
     detail::expect_head_layout("merge_qkv", "dqkv", dqkv.shape(), 3, "dq", dq.shape(), std::pair{"dk", dk.shape()},
                                std::pair{"dv", dv.shape()});
-    detail::launch_layout(ctx, detail::heads_to_packed_kernel<T>, dqkv.numel(), "cuda::HeadLayout::merge_qkv",
-                          detail::HeadPointers<const T>{{dq.data(), dk.data(), dv.data()}}, dqkv.data(),
-                          detail::head_dims(dq.shape(), 3));
+    detail::copy_layout<false>(ctx, dqkv.data(), dq.data(), dk.data(), dv.data(), detail::head_dims(dq.shape(), 3),
+                               dqkv.numel(), "cuda::HeadLayout::merge_qkv");
   }
 
   //! Joins the heads of o [B, H, T, Dh] into out [T, B, H * Dh]: out[t, b, h * Dh + i] = o[b, h, t, i].
@@ -117,18 +117,17 @@ struct HeadLayout {
   template <FloatElement T>
   static void merge_heads(const Context& ctx, detail::In<T> o, View<T, Memory> out) {
     detail::expect_head_layout("merge_heads", "out", out.shape(), 1, "o", o.shape());
-    detail::launch_layout(ctx, detail::heads_to_packed_kernel<T>, out.numel(), "cuda::HeadLayout::merge_heads",
-                          detail::HeadPointers<const T>{{o.data(), nullptr, nullptr}}, out.data(),
-                          detail::head_dims(o.shape(), 1));
+    detail::copy_layout<false>(ctx, out.data(), o.data(), static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
+                               detail::head_dims(o.shape(), 1), out.numel(), "cuda::HeadLayout::merge_heads");
   }
 
   //! The inverse of `merge_heads`: dout [T, B, H * Dh] to d_o [B, H, T, Dh]. `d_o` must not alias `dout`.
   template <FloatElement T>
   static void split_heads(const Context& ctx, detail::In<T> dout, View<T, Memory> d_o) {
     detail::expect_head_layout("split_heads", "dout", dout.shape(), 1, "d_o", d_o.shape());
-    detail::launch_layout(ctx, detail::packed_to_heads_kernel<T>, dout.numel(), "cuda::HeadLayout::split_heads",
-                          dout.data(), detail::HeadPointers<T>{{d_o.data(), nullptr, nullptr}},
-                          detail::head_dims(d_o.shape(), 1));
+    detail::copy_layout<true>(ctx, dout.data(), d_o.data(), static_cast<const T*>(nullptr),
+                              static_cast<const T*>(nullptr), detail::head_dims(d_o.shape(), 1), dout.numel(),
+                              "cuda::HeadLayout::split_heads");
   }
 };
 
