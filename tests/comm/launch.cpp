@@ -224,7 +224,9 @@ TEST_CASE("launch picks its transport: NCCL only where every rank has a GPU, an 
   using parallax::LaunchTransport;
   using parallax::detail::launch_uses_nccl;
   // (transport, ranks, devices) -> NCCL?   devices -1: a backend without devices
-  CHECK(launch_uses_nccl(LaunchTransport::automatic, 1, 1, "cuda::Backend"));   // world size 1: real NCCL
+  CHECK_FALSE(launch_uses_nccl(LaunchTransport::automatic, 1, 1, "cuda::Backend"));  // one rank: nothing to send
+  CHECK(launch_uses_nccl(LaunchTransport::nccl, 1, 1, "cuda::Backend"));             // unless asked: real NCCL
+  CHECK(launch_uses_nccl(LaunchTransport::automatic, 2, 2, "cuda::Backend"));
   CHECK(launch_uses_nccl(LaunchTransport::automatic, 8, 8, "cuda::Backend"));
   CHECK_FALSE(launch_uses_nccl(LaunchTransport::automatic, 8, 1, "cuda::Backend"));  // 8 ranks share one GPU
   CHECK_FALSE(launch_uses_nccl(LaunchTransport::automatic, 2, 0, "cuda::Backend"));

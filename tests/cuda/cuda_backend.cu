@@ -582,17 +582,20 @@ LaunchSeen see_world(px::Rank<CB>& rank) {
 
 }  // namespace
 
-TEST_CASE("launch<cuda::Backend>: an NCCL world when every rank has a GPU, threads when asked or when ranks share",
+TEST_CASE("launch<cuda::Backend>: an NCCL world when ranks have GPUs of their own, threads for one rank, when asked "
+          "or when ranks share",
           "[gpu][cuda][nccl][launch]") {
   if (!gpu_available()) {
     WARN("no GPU: skipped");
     return;
   }
   const int gpus = CB::device_count();
-  for (const auto transport : {px::LaunchTransport::automatic, px::LaunchTransport::nccl, px::LaunchTransport::threads}) {
+  using px::LaunchTransport;
+  for (const auto transport : {LaunchTransport::automatic, LaunchTransport::nccl, LaunchTransport::threads}) {
     for (const int n : {1, 2, gpus + 1}) {
-      const bool nccl = transport != px::LaunchTransport::threads && n <= gpus;
-      if (transport == px::LaunchTransport::nccl && n > gpus) continue;  // an error, below
+      const bool nccl =
+          transport == LaunchTransport::nccl || (transport == LaunchTransport::automatic && n > 1 && n <= gpus);
+      if (transport == LaunchTransport::nccl && n > gpus) continue;  // an error, below
       INFO(px::name(transport) << ", " << n << " ranks on " << gpus << " GPUs");
       std::vector<LaunchSeen> seen(static_cast<std::size_t>(n));
       px::launch<CB>(n, [&](px::Rank<CB>& rank) { seen[static_cast<std::size_t>(rank.id())] = see_world(rank); },
@@ -609,7 +612,7 @@ TEST_CASE("launch<cuda::Backend>: an NCCL world when every rank has a GPU, threa
     }
   }
   const auto too_many = px::test::error_of([&] {
-    px::launch<CB>(gpus + 1, [](px::Rank<CB>&) {}, {.transport = px::LaunchTransport::nccl});
+    px::launch<CB>(gpus + 1, [](px::Rank<CB>&) {}, {.transport = LaunchTransport::nccl});
   });
   CHECK_THAT(too_many, Contains(fmt::format("launch: LaunchTransport::nccl needs one GPU per rank: {} ranks, {} GPUs",
                                             gpus + 1, gpus)));

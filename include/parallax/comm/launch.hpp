@@ -26,13 +26,13 @@ namespace parallax {
 
 //! How the rank threads of a `launch` communicate.
 enum class LaunchTransport {
-  //! NCCL when the backend has devices and every rank gets one of its own (world size 1 included);
-  //! otherwise `threads`.
+  //! NCCL when the backend has devices, there are several ranks and every rank gets a device of its own;
+  //! otherwise `threads` (a single rank has nothing to communicate: it needs no NCCL).
   automatic,
   //! `ThreadCommunicator` over the backend's memory: zero-copy between threads, also for ranks sharing a GPU
   //! (which NCCL refuses).
   threads,
-  //! NCCL, one rank per GPU (cuda::Backend only); an Error when there are more ranks than GPUs.
+  //! NCCL, one rank per GPU (cuda::Backend only; world size 1 included); an Error when there are more ranks than GPUs.
   nccl,
 };
 
@@ -62,7 +62,7 @@ namespace detail {
 [[nodiscard]] inline bool launch_uses_nccl(LaunchTransport t, int ranks, int devices, const char* backend) {
   switch (t) {
     case LaunchTransport::threads: return false;
-    case LaunchTransport::automatic: return devices > 0 && ranks <= devices;
+    case LaunchTransport::automatic: return devices > 0 && ranks > 1 && ranks <= devices;
     case LaunchTransport::nccl:
       if (devices < 0)
         throw Error(fmt::format("launch: LaunchTransport::nccl needs a backend with GPUs (cuda::Backend); {} ranks are "
@@ -166,5 +166,6 @@ void launch(int n, Fn&& fn, LaunchOptions options = {}) {
 }  // namespace parallax
 
 #if defined(__CUDACC__) && __has_include(<nccl.h>)
-#include "nccl_launch.hpp"  // launch<cuda::Backend> over NCCL: every translation unit that can name cuda::Backend sees it
+// launch<cuda::Backend> over NCCL: every translation unit that can name cuda::Backend sees the specialisation.
+#include "nccl_launch.hpp"
 #endif

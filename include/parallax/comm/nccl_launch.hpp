@@ -18,8 +18,8 @@ struct Backend;
 
 namespace parallax::detail {
 
-//! The ranks of `launch<cuda::Backend>(n, fn, options)`. With a GPU for every rank (world size 1 included)
-//! and `LaunchTransport::automatic` or `nccl`, rank r drives GPU r and the world is an NCCL communicator
+//! The ranks of `launch<cuda::Backend>(n, fn, options)`. With a GPU for every rank, and several ranks under
+//! `LaunchTransport::automatic` or any number under `nccl`, rank r drives GPU r and the world is an NCCL communicator
 //! made in this process (rank 0's unique id shared by memory); the groups split from it each queue on a
 //! stream of their own, after the rank's compute stream. Otherwise (more ranks than GPUs, or
 //! `LaunchTransport::threads`) the ranks share GPUs and the world is the thread transport over device

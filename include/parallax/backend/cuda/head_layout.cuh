@@ -117,16 +117,17 @@ struct HeadLayout {
   template <FloatElement T>
   static void merge_heads(const Context& ctx, detail::In<T> o, View<T, Memory> out) {
     detail::expect_head_layout("merge_heads", "out", out.shape(), 1, "o", o.shape());
-    detail::copy_layout<false>(ctx, out.data(), o.data(), static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
-                               detail::head_dims(o.shape(), 1), out.numel(), "cuda::HeadLayout::merge_heads");
+    constexpr const T* none = nullptr;
+    detail::copy_layout<false>(ctx, out.data(), o.data(), none, none, detail::head_dims(o.shape(), 1), out.numel(),
+                               "cuda::HeadLayout::merge_heads");
   }
 
   //! The inverse of `merge_heads`: dout [T, B, H * Dh] to d_o [B, H, T, Dh]. `d_o` must not alias `dout`.
   template <FloatElement T>
   static void split_heads(const Context& ctx, detail::In<T> dout, View<T, Memory> d_o) {
     detail::expect_head_layout("split_heads", "dout", dout.shape(), 1, "d_o", d_o.shape());
-    detail::copy_layout<true>(ctx, dout.data(), d_o.data(), static_cast<const T*>(nullptr),
-                              static_cast<const T*>(nullptr), detail::head_dims(d_o.shape(), 1), dout.numel(),
+    constexpr const T* none = nullptr;
+    detail::copy_layout<true>(ctx, dout.data(), d_o.data(), none, none, detail::head_dims(d_o.shape(), 1), dout.numel(),
                               "cuda::HeadLayout::split_heads");
   }
 };

@@ -1,5 +1,5 @@
-// parallax/backend/cuda/thread_channel.cuh — ThreadCommunicator<cuda::Memory>'s channel: ranks sharing a GPU reduce and
-// copy each other's buffers on a stream ordered after their compute streams by events (nvcc).
+// parallax/backend/cuda/thread_channel.cuh — ThreadCommunicator<cuda::Memory>'s channel: ranks sharing a GPU reduce
+// and copy each other's buffers on a stream ordered after their compute streams by events (nvcc).
 #pragma once
 
 #include <algorithm>
