@@ -29,14 +29,8 @@ const px::host::Context ctx;
 constexpr i64 nt = 5, nb = 2, nh = 3, dh = 4;
 const Shape heads_shape{nb, nh, nt, dh};
 
-template <class T>
-px::View<T, Mem> view(std::vector<T>& v, Shape s) {
-  return {v.data(), s};
-}
-template <class T>
-px::View<const T, Mem> cview(const std::vector<T>& v, Shape s) {
-  return {v.data(), s};
-}
+using parallax::test::cview;
+using parallax::test::view;
 
 // The value an element at flat index i holds: i mod 251, exact in every T (bf16 holds integers up to 256 exactly).
 float tag(i64 i) { return static_cast<float>(i % 251); }

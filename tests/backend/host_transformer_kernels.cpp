@@ -76,14 +76,8 @@ vd rounded(const vd& x) {
   return widen(store<T>(x));
 }
 
-template <class T>
-V<T> view(std::vector<T>& v, Shape s) {
-  return V<T>(v.data(), s);
-}
-template <class T>
-CV<T> cview(const std::vector<T>& v, Shape s) {
-  return CV<T>(v.data(), s);
-}
+using parallax::test::cview;
+using parallax::test::view;
 
 // ---- comparison --------------------------------------------------------------------------------------------------
 

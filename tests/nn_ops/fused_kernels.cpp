@@ -25,14 +25,8 @@ using Mem = px::host::Memory;
 
 namespace {
 
-template <class T>
-px::View<T, Mem> view(std::vector<T>& v, Shape s) {
-  return {v.data(), s};
-}
-template <class T>
-px::View<const T, Mem> cview(const std::vector<T>& v, Shape s) {
-  return {v.data(), s};
-}
+using parallax::test::cview;
+using parallax::test::view;
 template <class T>
 std::vector<float> floats(const std::vector<T>& v) {
   return std::vector<float>(v.begin(), v.end());

@@ -36,6 +36,15 @@ template <class T>
 View<const T, host::Memory> cview(const std::vector<T>& v) {
   return {v.data(), Shape{static_cast<std::int64_t>(v.size())}};
 }
+//! A vector's elements viewed with shape `s` (host memory).
+template <class T>
+View<T, host::Memory> view(std::vector<T>& v, Shape s) {
+  return {v.data(), s};
+}
+template <class T>
+View<const T, host::Memory> cview(const std::vector<T>& v, Shape s) {
+  return {v.data(), s};
+}
 
 //! Runs f and returns the message of the parallax::Error it throws (fails the test if it throws nothing).
 template <class F>

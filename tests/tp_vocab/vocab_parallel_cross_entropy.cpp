@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../support/gradcheck.hpp"
+#include "../support/support.hpp"
 
 namespace {
 
@@ -57,14 +58,8 @@ std::vector<std::int32_t> make_targets(int mb, std::int32_t ignore = kIgnore) {
   return y;
 }
 
-template <class T>
-px::View<const T, Mem> cview(const std::vector<T>& v, px::Shape s) {
-  return {v.data(), s};
-}
-template <class T>
-px::View<T, Mem> view(std::vector<T>& v, px::Shape s) {
-  return {v.data(), s};
-}
+using parallax::test::cview;
+using parallax::test::view;
 
 // The columns [begin, begin + width) of a row-major [rows, cols] matrix.
 template <class T>

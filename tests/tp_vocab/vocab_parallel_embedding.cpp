@@ -18,6 +18,7 @@
 #include <fmt/format.h>
 
 #include "../support/gradcheck.hpp"
+#include "../support/support.hpp"
 
 namespace {
 
@@ -57,14 +58,8 @@ std::vector<std::int32_t> make_ids(int mb) {
   return ids;
 }
 
-template <class T>
-px::View<const T, Mem> cview(const std::vector<T>& v, px::Shape s) {
-  return {v.data(), s};
-}
-template <class T>
-px::View<T, Mem> view(std::vector<T>& v, px::Shape s) {
-  return {v.data(), s};
-}
+using parallax::test::cview;
+using parallax::test::view;
 
 // The whole tables as the single-rank initialisation draws them.
 template <class T>
