@@ -29,7 +29,7 @@ template <class B>
 class LaunchWorld<B> {
  public:
   LaunchWorld(int n, const std::shared_ptr<ThreadWorld>& world, const LaunchOptions& options)
-      : n_(n), world_(world), timeout_(world->timeout()) {
+      : n_(n), world_(world) {
     if (launch_uses_nccl(options.transport, n, cuda::device_count(), "cuda::Backend"))
       id_ = NcclCommunicator::make_unique_id();
     else
@@ -39,14 +39,13 @@ class LaunchWorld<B> {
   [[nodiscard]] Rank<B> rank(int r) const {
     if (!id_) return thread_rank<B>(group_, r, n_);
     cuda::Context ctx(r);
-    auto comm = NcclCommunicator::create_world(r, n_, *id_, ctx, {.timeout = timeout_, .peers = world_});
+    auto comm = NcclCommunicator::create_world(r, n_, *id_, ctx, {.timeout = world_->timeout(), .peers = world_});
     return Rank<B>(r, n_, Communicator(std::move(comm)), std::move(ctx));  // the world goes before the context
   }
 
  private:
   int n_;
-  std::shared_ptr<const ThreadWorld> world_;
-  std::chrono::milliseconds timeout_;
+  std::shared_ptr<const ThreadWorld> world_;  // the launch's timeout and abort
   std::optional<ncclUniqueId> id_;     // NCCL: the world's id
   std::shared_ptr<ThreadGroup> group_;  // threads: the world group
 };

@@ -5,8 +5,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <numeric>
-#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
