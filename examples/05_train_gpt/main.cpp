@@ -94,6 +94,10 @@ const std::vector<Flag>& flags() {
        [](Options& o, const std::string&) { o.model.sequence_parallel = true; }},
       {"--recompute", "", "activation checkpointing: keep each block's input only, recompute it in backward",
        [](Options& o, const std::string&) { o.model.checkpoint = true; }},
+      {"--in-order", "",
+       "ranks sharing memory run each group's calls one at a time, as NCCL does: a run that would deadlock on "
+       "GPUs fails instead (slower; a check)",
+       [](Options& o, const std::string&) { o.in_order = true; }},
       {"", "", "Model (GPT-2: pre-LayerNorm blocks, learned positions, tied embedding)", {}},
       {"--layers", "N", "transformer blocks (default 2)",
        [](Options& o, const std::string& v) {

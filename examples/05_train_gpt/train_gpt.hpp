@@ -54,6 +54,7 @@ struct Options {
   std::string precision = "fp32", backend = Backend::name;
   std::string data, load, save, json, trace;
   bool eval_only = false, timeline = false;
+  bool in_order = false;  // LaunchOptions::in_order
   gpt::GivenFlags given;
 };
 

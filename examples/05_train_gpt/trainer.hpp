@@ -298,14 +298,18 @@ void train(Mesh& mesh, const Plan& plan, Report& report) {
 
 template <MeshType M, class T>
 void run_ranks(const Plan& plan, Report& report) {
-  px::launch<Backend>(plan.ranks(), [&](px::Rank<Backend>& rank) {
-    if constexpr (M == MeshType::fixed) {
-      px::DeviceMesh<static_shape.dp, static_shape.pp, static_shape.tp> mesh(rank);
-      train<decltype(mesh), Backend, T>(mesh, plan, report);
-    } else {
-      with_dynamic_mesh(plan.mesh, rank, [&](DynamicMesh& mesh) { train<DynamicMesh, Backend, T>(mesh, plan, report); });
-    }
-  });
+  px::launch<Backend>(
+      plan.ranks(),
+      [&](px::Rank<Backend>& rank) {
+        if constexpr (M == MeshType::fixed) {
+          px::DeviceMesh<static_shape.dp, static_shape.pp, static_shape.tp> mesh(rank);
+          train<decltype(mesh), Backend, T>(mesh, plan, report);
+        } else {
+          with_dynamic_mesh(plan.mesh, rank,
+                            [&](DynamicMesh& mesh) { train<DynamicMesh, Backend, T>(mesh, plan, report); });
+        }
+      },
+      {.in_order = plan.options.in_order});
 }
 
 }  // namespace train_gpt

@@ -500,3 +500,61 @@ TEST_CASE("thread communicator: argument errors name the numbers and leave the g
     CHECK_THAT(e[7], Contains("output has 3 elements, expected input 3 x group size 3 = 9"));
   }
 }
+
+TEST_CASE("thread communicator: in_order runs a group's calls one at a time, as NCCL on a stream",
+          "[comm][thread_communicator][in_order]") {
+  // Each rank posts the receive from its partner before sending to it: fine while calls overlap; in order (NCCL),
+  // each send waits behind a receive whose sender waits likewise, and the timeout names the call.
+  const auto exchange = [](bool in_order) {
+    std::vector<float> got(2, -1.f);
+    std::string error;
+    try {
+      px::launch<B>(
+          2,
+          [&](Rank& rank) {
+            Comm& c = rank.world();
+            const int r = rank.id(), peer = 1 - r;
+            std::vector<float> mine{float(r), float(r + 10)}, theirs(2);
+            px::Work in = c.recv_async(view(theirs), peer);
+            c.send(cview(mine), peer);
+            in.wait();
+            got[static_cast<std::size_t>(r)] = theirs[1];
+          },
+          {.timeout = std::chrono::milliseconds(300), .in_order = in_order});
+    } catch (const px::Error& e) {
+      error = e.what();
+    }
+    return std::pair{got, error};
+  };
+  const auto [overlapped, none] = exchange(false);
+  CHECK(none.empty());
+  CHECK(overlapped == std::vector<float>{11.f, 10.f});
+  const auto [stuck, error] = exchange(true);
+  CHECK_THAT(error, Catch::Matchers::Contains("did not post the matching"));
+
+  // A program that posts its calls in one order on every rank runs in order: the lower rank sends first, and
+  // async collectives queue behind each other.
+  Log log(2);
+  REQUIRE_NOTHROW(px::launch<B>(
+      2,
+      [&](Rank& rank) {
+        Comm& c = rank.world();
+        const int r = rank.id(), peer = 1 - r;
+        std::vector<float> mine{float(r)}, theirs{-1.f};
+        if (r == 0) {
+          c.send(cview(mine), peer);
+          c.recv(view(theirs), peer);
+        } else {
+          c.recv(view(theirs), peer);
+          c.send(cview(mine), peer);
+        }
+        std::vector<std::vector<float>> bufs(3, std::vector<float>{float(r + 1)});
+        std::vector<px::Work> work;
+        for (auto& b : bufs) work.push_back(c.all_reduce_async(view(b)));
+        for (auto& w : work) w.wait();
+        if (theirs[0] != float(peer) || bufs[2][0] != 3.f)
+          log.fail(r, fmt::format("in order: received {}, all_reduce gave {}", theirs[0], bufs[2][0]));
+      },
+      {.timeout = std::chrono::seconds(20), .in_order = true}));
+  check_clean(log);
+}

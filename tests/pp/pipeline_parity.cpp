@@ -31,9 +31,10 @@ std::vector<GptStage<Mesh, float>> chunks_of(Mesh& mesh, const Config& c) {
   return chunks;
 }
 
-//! One step of schedule S on p pipeline ranks and m microbatches; each rank's loss and gradients.
+//! One step of schedule S on p pipeline ranks and m microbatches; each rank's loss and gradients. `in_order`: each
+//! group's calls run one at a time, as NCCL runs them on a stream (`LaunchOptions::in_order`).
 template <class S>
-std::vector<Result> run_pipeline(const Config& c, int p, const Batch& batch, int m) {
+std::vector<Result> run_pipeline(const Config& c, int p, const Batch& batch, int m, bool in_order = false) {
   using Mesh = px::DeviceMesh<1, px::dynamic, 1>;
   std::vector<Result> out(static_cast<std::size_t>(p));
   px::launch<B>(
@@ -47,19 +48,20 @@ std::vector<Result> run_pipeline(const Config& c, int p, const Batch& batch, int
         res.loss = r.loss;
         gather(mesh, stage.parameters(), res);
       },
-      {.timeout = std::chrono::seconds(20)});
+      {.timeout = std::chrono::seconds(20), .in_order = in_order});
   return out;
 }
 
 template <class S>
-void check_schedule(const Config& c) {
+void check_schedule(const Config& c, bool in_order = false) {
   for (int p : {1, 2, 4})
     for (int m : {1, p, 2 * p, 2 * p + 1}) {
       if (!pp::check<S>(p, m)) continue;
-      INFO(S::type_name() << " p " << p << " m " << m << (c.checkpoint ? " checkpoint" : ""));
+      INFO(S::type_name() << " p " << p << " m " << m << (c.checkpoint ? " checkpoint" : "")
+                          << (in_order ? " in order" : ""));
       const Batch batch(c, m);
       const Result ref = reference<float>(c, batch.views(0, m));
-      check_against(run_pipeline<S>(c, p, batch, m), ref, tolerance);
+      check_against(run_pipeline<S>(c, p, batch, m, in_order), ref, tolerance);
     }
 }
 
@@ -72,6 +74,15 @@ TEMPLATE_TEST_CASE("PipelineStage: loss and gradients equal the single-rank mode
   // ZB-V's neighbours send each other activations and gradients in another order than they consume them: the
   // stage takes messages in the sender's order and holds early ones.
   if constexpr (std::is_same_v<TestType, pp::ZeroBubbleV>) CHECK_FALSE(pp::simulate<TestType>({2, 4, 2}).messages_in_order);
+}
+
+// NCCL runs a group's sends and receives one after another on its stream: a rank whose receive is posted before a
+// send its peer waits for deadlocks. Every rank issues the step's messages in one order (by simulated time, then
+// sender), so the step completes when calls cannot overlap.
+TEMPLATE_TEST_CASE("PipelineStage: every schedule runs when a group's calls complete one at a time (NCCL's order)",
+                   "[pp][pipeline][parity][in_order]", pp::GPipe, pp::OneFOneB, pp::Interleaved1F1B<2>,
+                   pp::ZeroBubbleH1, pp::ZeroBubbleV) {
+  check_schedule<TestType>(Config{}, /*in_order=*/true);
 }
 
 TEST_CASE("PipelineStage: activation checkpointing inside the stages changes nothing", "[pp][pipeline][parity]") {

@@ -52,6 +52,12 @@ struct LaunchOptions {
   std::optional<std::chrono::milliseconds> timeout{};
   //! The world's transport; see `LaunchTransport`.
   LaunchTransport transport = LaunchTransport::automatic;
+  //! The thread transport runs each group's calls one at a time, in the order each rank issues them, as NCCL does
+  //! on a group's stream: a rank's call starts once its previous call on that group completed (the rank's thread
+  //! waits for it). A program whose ranks rely on calls of one group overlapping, e.g. a receive posted before a
+  //! send that its peer waits for, then fails here by the timeout, naming the calls, as it would hang on GPUs.
+  //! Slower; for tests. Off: the calls of a group progress independently.
+  bool in_order = false;
 };
 
 namespace detail {
@@ -128,7 +134,8 @@ class LaunchWorld {
 template <Backend B, class Fn>
 void launch(int n, Fn&& fn, LaunchOptions options = {}) {
   if (n <= 0) throw Error(fmt::format("launch: number of ranks is {}, must be positive", n));
-  auto world = std::make_shared<detail::ThreadWorld>(n, options.timeout.value_or(comm_timeout_from_env()));
+  auto world =
+      std::make_shared<detail::ThreadWorld>(n, options.timeout.value_or(comm_timeout_from_env()), options.in_order);
   const detail::LaunchWorld<B> ranks(n, world, options);
 
   std::mutex mutex;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <utility>
+#include <variant>
 
 #include "../backend/concept.hpp"
 #include "../core/allocator.hpp"
@@ -10,9 +11,23 @@
 
 namespace parallax {
 
+namespace detail {
+//! What a rank holds so that its thread's host copies wait for its own work only: the context's `host_order()`
+//! where it has one (`cuda::Context`), else nothing.
+template <class Context>
+[[nodiscard]] auto host_order_of(const Context& context) {
+  if constexpr (requires { context.host_order(); })
+    return context.host_order();
+  else
+    return std::monostate{};
+}
+}  // namespace detail
+
 //! One rank of an SPMD program on backend `B`: its id in the world, its execution context (stream,
 //! handles), its allocator with per-category byte accounting, and the world communicator.
-//! Created by `launch` (threads) or by a multi-process bootstrap; passed to the user's function.
+//! Created by `launch` (threads) or by a multi-process bootstrap; passed to the user's function. Build and use it
+//! on one thread: with a CUDA context, that thread's host copies then wait for the rank's compute stream only
+//! (`cuda::HostOrder`), not for its communication in flight.
 //!
 //! Where the context has a device memory cache (`cuda::Context::memory_cache()`), the allocator goes
 //! through it and the cache reports its reserved bytes to the rank's `MemoryStats`.
@@ -28,6 +43,7 @@ class Rank {
         size_(size),
         context_(std::move(context)),
         allocator_(make_allocator(context_, stats_, id)),
+        host_order_(detail::host_order_of(context_)),
         world_(std::move(world)) {}
   Rank(const Rank&) = delete;
   Rank& operator=(const Rank&) = delete;
@@ -54,6 +70,7 @@ class Rank {
   MemoryStats stats_;  // declared before the context: it outlives the context's cache, which reports to it
   typename B::Context context_;
   Allocator<Memory> allocator_;
+  decltype(detail::host_order_of(std::declval<typename B::Context&>())) host_order_;  // on the constructing thread
   Communicator world_;
 };
 

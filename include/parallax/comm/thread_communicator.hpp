@@ -103,7 +103,8 @@ class MailWork final : public WorkState {
 //! into slice r of every buffer in the same pass: about n bytes read and n written per rank, no root, no
 //! global lock.
 //! Every collective starts by exchanging its description, so mismatched calls are always detected, at no cost.
-//! Async calls run in issue order on a per-group communication thread.
+//! Async calls run in issue order on a per-group communication thread. Under `LaunchOptions::in_order` a call
+//! starts only once the rank's previous call on the group completed, as on an NCCL stream.
 template <MemorySpace Space>
 class ThreadCommunicator final : public Transport {
  public:
@@ -127,26 +128,16 @@ class ThreadCommunicator final : public Transport {
   std::string_view memory_space() const noexcept override { return Space::name; }
 
   Work start(CollectiveDesc d, const void* in, void* out, bool async) override {
-    if (d.kind == CollectiveKind::send || d.kind == CollectiveKind::recv) {
-      Work w(post(d, in, out));
-      if (!async) w.wait();
-      return w;
-    }
-    d.seq = ++seq_;
-    Marker ready = channel_.mark();  // now, on the issuing thread: what the rank queued so far
-    if (async || (worker_ && worker_->busy())) {
-      if (!worker_) worker_ = std::make_unique<detail::Worker>();
-      Work w(worker_->submit([this, d, in, out, ready] { run(d, in, out, ready); }));
-      if (!async) w.wait();
-      return w;
-    }
-    run(d, in, out, ready);
-    return {};
+    if (!g_->world().in_order()) return issue(d, in, out, async);
+    previous_.wait();  // NCCL's order on a stream: this call starts once the previous one completed
+    previous_ = issue(d, in, out, async);
+    return previous_;
   }
 
   std::shared_ptr<Transport> split(int color, int key, std::string label) override {
     CollectiveDesc d{CollectiveKind::split};
     d.seq = ++seq_;
+    if (g_->world().in_order()) previous_.wait();
     if (worker_ && worker_->busy()) worker_->submit([] {})->wait();  // keep issue order
     refuse_if_broken(d);
     auto& s = g_->slot(r_);
@@ -178,6 +169,25 @@ class ThreadCommunicator final : public Transport {
   }
 
  private:
+  // One call, started now.
+  Work issue(CollectiveDesc d, const void* in, void* out, bool async) {
+    if (d.kind == CollectiveKind::send || d.kind == CollectiveKind::recv) {
+      Work w(post(d, in, out));
+      if (!async) w.wait();
+      return w;
+    }
+    d.seq = ++seq_;
+    Marker ready = channel_.mark();  // now, on the issuing thread: what the rank queued so far
+    if (async || (worker_ && worker_->busy())) {
+      if (!worker_) worker_ = std::make_unique<detail::Worker>();
+      Work w(worker_->submit([this, d, in, out, ready] { run(d, in, out, ready); }));
+      if (!async) w.wait();
+      return w;
+    }
+    run(d, in, out, ready);
+    return {};
+  }
+
   // Throws before touching our slot if the group broke: ranks still reporting a mismatch read every slot.
   void refuse_if_broken(const CollectiveDesc& d) {
     std::lock_guard lock(g_->mutex);
@@ -299,6 +309,7 @@ class ThreadCommunicator final : public Transport {
   stream_type stream_;  // the rank's own work (given to the groups split from this one)
   detail::SpaceChannel<Space> channel_;
   std::uint64_t seq_ = 0;
+  Work previous_;  // the last call, when the world runs calls in order (`ThreadWorld::in_order`)
   std::unique_ptr<detail::Worker> worker_;  // last: joined before the group goes away
 };
 

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -58,10 +59,6 @@ inline void quarantine(std::shared_ptr<void> buffers) {
   kept->push_back(std::move(buffers));
 }
 
-//! The elements of a message's shape header: kind (0 activation, 1 gradient), microbatch, sending virtual stage,
-//! the shape's rank and its four dimensions.
-inline constexpr std::int64_t header_size = 8;
-
 //! What a pipeline stage asks of its schedule, at run time: a `PipelineStage<S, M>`'s code is then compiled once
 //! per module type `M`, however many schedules a program offers.
 struct ScheduleRef {
@@ -69,11 +66,12 @@ struct ScheduleRef {
   int chunks = 1;         //!< `schedule_.chunks`
   int (*stage_of)(int rank, int chunk, int stages) = nullptr;
   std::vector<Action> (*actions)(int rank, ScheduleShape shape) = nullptr;
-  void (*validate)(ScheduleShape shape) = nullptr;  //!< `pp::validate<S>`
+  void (*validate)(ScheduleShape shape) = nullptr;                          //!< `pp::validate<S>`
+  Simulation (*simulate)(ScheduleShape shape, const Costs& costs) = nullptr;  //!< `pp::simulate<S>`
 
   template <Schedule S>
   [[nodiscard]] static ScheduleRef of() {
-    return {S::type_name(), S::chunks, &S::stage_of, &S::actions, &pp::validate<S>};
+    return {S::type_name(), S::chunks, &S::stage_of, &S::actions, &pp::validate<S>, &pp::simulate<S>};
   }
 
   //! `pp::placement<S>(stage, stages)`.
@@ -156,11 +154,11 @@ class StageRunner {
       pp_->barrier();  // one origin for the whole pipeline's clocks
       origin_ = std::chrono::steady_clock::now();
     }
-    auto transfers = std::make_shared<Transfers>(slot_count(), inbox_orders_);
+    auto transfers = std::make_shared<Transfers>(slot_count());
     try {
       io_ = transfers.get();
-      for (int peer = 0; peer < shape_.stages; ++peer) post_header(peer);
-      for (const Action& a : actions_) run(a);
+      gather_input_shapes();
+      for (const TimedAction& a : timed_) run(a);
       finish();
       io_ = nullptr;
     } catch (...) {
@@ -193,7 +191,6 @@ class StageRunner {
 
  private:
   using Tensor = parallax::Tensor<value_type, Memory>;
-  using Header = parallax::Tensor<std::int64_t, Memory>;
 
   //! A message between virtual stages: the activation for `stage` or, `gradient`, the gradient for it.
   struct Message {
@@ -202,33 +199,29 @@ class StageRunner {
     int stage = 0;  // the receiving virtual stage
   };
 
-  //! What comes from one neighbour in a step, in the order it sends: the header in flight and how far it got.
-  struct Inbox {
-    std::vector<Message> order;
-    std::size_t next = 0;  // the message whose header is posted (or the end)
-    Header header;
-    Work header_work;
-    bool posted = false;
+  //! A message this rank sends or receives in a step. Every rank of the pipeline orders all of them the same way:
+  //! by the simulated end of the sending action (`pp::simulate` with unit costs), then the sender's pipeline rank.
+  struct Transfer {
+    std::pair<int, int> key;  // (time, sender)
+    int peer = 0;             // the other pipeline rank
+    bool sending = false;     // this rank sends it (else receives it)
+    Message msg;
   };
 
-  //! A message being sent: its header and tensor stay alive until the receiver has taken them.
+  //! A message being sent: its tensor stays alive until the receiver has taken it.
   struct Outgoing {
-    Header header;
     Tensor payload;
-    Work header_work, payload_work;
+    Work work;
   };
 
   //! Every buffer a step communicates through (quarantined whole when a step fails).
   struct Transfers {
-    Transfers(std::size_t slots, const std::vector<std::vector<Message>>& orders)
-        : inboxes(orders.size()), arrived(slots), payload_work(slots), present(slots, 0) {
-      for (std::size_t q = 0; q < orders.size(); ++q) inboxes[q].order = orders[q];
-    }
-    std::vector<Inbox> inboxes;
+    explicit Transfers(std::size_t slots) : arrived(slots), work(slots), present(slots, 0) {}
     std::vector<Tensor> arrived;         // by slot: handed over, or received or being received; not consumed
-    std::vector<Work> payload_work;      // by slot: the receive into `arrived[slot]`
+    std::vector<Work> work;              // by slot: the receive into `arrived[slot]`
     std::vector<unsigned char> present;  // by slot: whether `arrived[slot]` holds (or is receiving) the message
     std::vector<Outgoing> outgoing;
+    std::size_t next = 0;  // the first of `transfers_` not issued yet
   };
 
   [[nodiscard]] std::string label() const { return fmt::format("PipelineStage<{}>", schedule_.type_name); }
@@ -255,18 +248,21 @@ class StageRunner {
     return std::nullopt;
   }
 
-  //! This rank's actions and, per neighbour, the messages it will send here in its order.
+  //! This rank's actions with their simulated times, and the messages it sends and receives in the step's order.
   void plan() {
-    actions_ = schedule_.actions(me_, shape_);
-    inbox_orders_.assign(static_cast<std::size_t>(shape_.stages), {});
-    for (int peer = 0; peer < shape_.stages; ++peer) {
-      if (peer == me_) continue;
-      for (const Action& a : schedule_.actions(peer, shape_))
-        if (const auto msg = sent_by(peer, a); msg && at(msg->stage).rank == me_)
-          inbox_orders_[static_cast<std::size_t>(peer)].push_back(*msg);
-    }
+    const Simulation sim = schedule_.simulate(shape_, {});
+    timed_ = sim.ranks[static_cast<std::size_t>(me_)];
+    for (const TimedAction& a : timed_) actions_.push_back(a.action);
+    for (int sender = 0; sender < shape_.stages; ++sender)
+      for (const TimedAction& a : sim.ranks[static_cast<std::size_t>(sender)]) {
+        const auto msg = sent_by(sender, a.action);
+        if (!msg) continue;
+        const int receiver = at(msg->stage).rank;
+        if (receiver == sender || (sender != me_ && receiver != me_)) continue;
+        transfers_.push_back({{a.end, sender}, sender == me_ ? receiver : sender, sender == me_, *msg});
+      }
+    std::ranges::sort(transfers_, {}, &Transfer::key);
     contexts_.resize(static_cast<std::size_t>(shape_.microbatches * schedule_.chunks));
-    sent_shapes_.resize(static_cast<std::size_t>(shape_.microbatches * schedule_.chunks));
   }
 
   void check_microbatches(std::span<const Microbatch> mbs) const {
@@ -306,8 +302,10 @@ class StageRunner {
 
   // --- running the actions --------------------------------------------------------------------------------------
 
-  void run(const Action& a) {
+  void run(const TimedAction& timed) {
+    const Action& a = timed.action;
     progress();
+    post_receives({timed.start, std::numeric_limits<int>::max()});  // every message sent before this action starts
     const int s = virtual_stage(a.chunk);
     M& chunk_module = chunks_[static_cast<std::size_t>(a.chunk)];
     auto& ctx = contexts_[context_slot(a)];
@@ -320,12 +318,10 @@ class StageRunner {
         StageOutput<value_type, Memory> out = chunk_module.forward(*ctx, {x.cview(), mb.tokens, mb.targets});
         record(a, t0);
         peak_in_flight_ = std::max(peak_in_flight_, ++in_flight_);
-        if (s + 1 < total_stages()) {
-          sent_shapes_[context_slot(a)] = out.activation.shape();
-          deliver({false, a.microbatch, s + 1}, std::move(out.activation));
-        } else {
+        if (s + 1 < total_stages())
+          deliver({false, a.microbatch, s + 1}, std::move(out.activation), timed.end);
+        else
           loss_ += out.loss;
-        }
         break;
       }
       case Op::backward:
@@ -337,7 +333,7 @@ class StageRunner {
         record(a, t0);
         --in_flight_;
         if (a.op == Op::backward) ctx.reset();
-        if (s > 0) deliver({true, a.microbatch, s - 1}, std::move(dx));
+        if (s > 0) deliver({true, a.microbatch, s - 1}, std::move(dx), timed.end);
         break;
       }
       case Op::backward_weight: {
@@ -350,122 +346,125 @@ class StageRunner {
     }
   }
 
-  //! Hands `t` to the virtual stage `msg.stage`: kept here when this rank holds it, else sent to its rank.
-  void deliver(const Message& msg, Tensor t) {
+  //! Hands `t`, made by an action that ended at simulated time `time`, to the virtual stage `msg.stage`: kept here
+  //! when this rank holds it, else sent to its rank in the step's order. Its shape is checked first, against the
+  //! receiving stage's input shape, so a mismatch is an error naming both stages on the rank that made it.
+  void deliver(const Message& msg, Tensor t, int time) {
+    const int from = msg.gradient ? msg.stage + 1 : msg.stage - 1;
+    if (const Shape& want = expected_shape(msg); t.shape() != want)
+      throw Error(fmt::format("pipeline stage {} expects {} {} but stage {} sent {}", msg.stage,
+                              msg.gradient ? "gradients" : "activations", want, from, t.shape()),
+                  rank_id());
     const int to = at(msg.stage).rank;
     if (to == me_) {
-      check_arrival(msg, t.shape());
       io_->arrived[slot(msg)] = std::move(t);
       io_->present[slot(msg)] = 1;
       return;
     }
+    post_receives({time, me_});
+    const Transfer* x = io_->next < transfers_.size() ? &transfers_[io_->next] : nullptr;
+    if (x == nullptr || !x->sending || x->msg.gradient != msg.gradient || x->msg.microbatch != msg.microbatch ||
+        x->msg.stage != msg.stage)
+      throw Error(fmt::format("{}: {} of microbatch {} for virtual stage {} is not the next message of the step's "
+                              "order (schedule bug)",
+                              label(), msg.gradient ? "the gradient" : "the activation", msg.microbatch, msg.stage),
+                  rank_id());
+    ++io_->next;
     Outgoing& out = io_->outgoing.emplace_back();
-    out.header = Header(rank().allocator(), Shape{detail::header_size}, MemoryCategory::communication);
-    const Shape& sh = t.shape();
-    std::array<std::int64_t, detail::header_size> h{msg.gradient ? 1 : 0, msg.microbatch,
-                                                    msg.gradient ? msg.stage + 1 : msg.stage - 1, sh.rank()};
-    for (int i = 0; i < sh.rank(); ++i) h[static_cast<std::size_t>(4 + i)] = sh[i];
-    copy_from(out.header.view(), std::span<const std::int64_t>(h));
     out.payload = std::move(t);
-    out.header_work = pp_->send_async(out.header.cview(), to);
-    out.payload_work = pp_->send_async(out.payload.cview(), to);
+    out.work = pp_->send_async(out.payload.cview(), to);
   }
 
-  //! The tensor of `msg`, waiting for it (and taking every earlier message of its sender) when it is remote.
+  //! Posts, in the step's order, the receives of the messages ordered before `key` (time, sender); reaching a send
+  //! of this rank not made yet is a schedule bug. Posting them early lets a sender finish, and every rank posting
+  //! in one order lets transports that run a group's calls one after another (NCCL on a stream) never deadlock.
+  void post_receives(std::pair<int, int> key) {
+    for (; io_->next < transfers_.size() && transfers_[io_->next].key < key; ++io_->next) {
+      const Transfer& x = transfers_[io_->next];
+      if (x.sending)
+        throw Error(fmt::format("{}: {} of microbatch {} for virtual stage {} was due before simulated time {} but not "
+                                "made (schedule bug)",
+                                label(), x.msg.gradient ? "the gradient" : "the activation", x.msg.microbatch,
+                                x.msg.stage, key.first),
+                    rank_id());
+      const std::size_t k = slot(x.msg);
+      io_->arrived[k] = Tensor(rank().allocator(), expected_shape(x.msg), MemoryCategory::activations);
+      io_->work[k] = pp_->recv_async(io_->arrived[k].view(), x.peer);
+      io_->present[k] = 1;
+    }
+  }
+
+  //! The tensor of `msg`, waiting for its receive when it is remote.
   [[nodiscard]] Tensor take(const Message& msg) {
     const std::size_t k = slot(msg);
-    const int from = at(msg.gradient ? msg.stage + 1 : msg.stage - 1).rank;
-    if (from != me_)
-      while (!io_->present[k]) receive_header(from, /*blocking=*/true);
     if (!io_->present[k])
       throw Error(fmt::format("{}: {} of microbatch {} for virtual stage {} was never handed over (schedule bug)",
                               label(), msg.gradient ? "the gradient" : "the activation", msg.microbatch, msg.stage),
                   rank_id());
-    io_->payload_work[k].wait();
+    io_->work[k].wait();
     io_->present[k] = 0;
     return std::move(io_->arrived[k]);
   }
 
-  //! Posts the receive of the next header from `peer`, if it sends anything more this step.
-  void post_header(int peer) {
-    Inbox& in = inbox(peer);
-    if (in.next >= in.order.size()) return;
-    if (in.header.empty()) in.header = Header(rank().allocator(), Shape{detail::header_size}, MemoryCategory::communication);
-    in.header_work = pp_->recv_async(in.header.view(), peer);
-    in.posted = true;
-  }
-
-  //! Takes the posted header from `peer` if it arrived (or, `blocking`, once it arrives): checks it, posts the
-  //! receive of its tensor and of the next header. Returns whether one was taken.
-  bool receive_header(int peer, bool blocking) {
-    Inbox& in = inbox(peer);
-    if (!in.posted) {
-      if (blocking)
-        throw Error(fmt::format("{}: waiting for a message from pipeline rank {}, which sends nothing more this step "
-                                "(schedule bug)",
-                                label(), peer),
-                    rank_id());
-      return false;
-    }
-    if (!blocking && !in.header_work.ready()) return false;
-    in.header_work.wait();
-    in.posted = false;
-    const Message want = in.order[in.next];
-    const auto h = to_vector(in.header.cview());
-    const int from = want.gradient ? want.stage + 1 : want.stage - 1;
-    if (h[0] != (want.gradient ? 1 : 0) || h[1] != want.microbatch || h[2] != from || h[3] < 0 || h[3] > Shape::max_rank)
-      throw Error(fmt::format("{}: expected {} of microbatch {} from virtual stage {} (pipeline rank {}), got a header "
-                              "[{}, {}, {}, {}]",
-                              label(), want.gradient ? "the gradient" : "the activation", want.microbatch, from, peer,
-                              h[0], h[1], h[2], h[3]),
-                  rank_id());
-    Shape sh;
-    for (std::int64_t i = 0; i < h[3]; ++i) sh = append_dim(sh, h[static_cast<std::size_t>(4 + i)]);
-    check_arrival(want, sh);
-    const std::size_t k = slot(want);
-    io_->arrived[k] = Tensor(rank().allocator(), sh, MemoryCategory::activations);
-    io_->payload_work[k] = pp_->recv_async(io_->arrived[k].view(), peer);
-    io_->present[k] = 1;
-    ++in.next;
-    post_header(peer);
-    return true;
-  }
-
-  //! Takes every header that already arrived and drops the sends that completed: receives get posted early and
-  //! sent tensors freed early, without waiting.
+  //! Drops the sends that completed (their tensors freed early), without waiting.
   void progress() {
-    for (int peer = 0; peer < shape_.stages; ++peer)
-      while (receive_header(peer, /*blocking=*/false)) {
-      }
-    std::erase_if(io_->outgoing, [](const Outgoing& o) { return o.header_work.ready() && o.payload_work.ready(); });
+    std::erase_if(io_->outgoing, [](const Outgoing& o) { return o.work.ready(); });
   }
 
-  //! Waits for every send, and checks every expected message came.
+  //! Waits for every send; every message of the step was issued.
   void finish() {
-    for (Outgoing& o : io_->outgoing) {
-      o.header_work.wait();
-      o.payload_work.wait();
-    }
+    for (Outgoing& o : io_->outgoing) o.work.wait();
     io_->outgoing.clear();
-    for (int peer = 0; peer < shape_.stages; ++peer)
-      if (inbox(peer).next != inbox(peer).order.size())
-        throw Error(fmt::format("{}: pipeline rank {} sent {} of the {} messages expected (schedule bug)", label(),
-                                peer, inbox(peer).next, inbox(peer).order.size()),
-                    rank_id());
+    if (io_->next != transfers_.size())
+      throw Error(fmt::format("{}: {} of the step's {} messages were issued (schedule bug)", label(), io_->next,
+                              transfers_.size()),
+                  rank_id());
   }
 
-  //! Checks the shape of an activation or gradient arriving for virtual stage `msg.stage` (held by this rank).
-  void check_arrival(const Message& msg, const Shape& got) const {
-    const int c = at(msg.stage).chunk;
-    const int from = msg.gradient ? msg.stage + 1 : msg.stage - 1;
-    const Shape want =
-        msg.gradient
-            ? sent_shapes_[static_cast<std::size_t>(c * shape_.microbatches + msg.microbatch)]
-            : chunks_[static_cast<std::size_t>(c)].input_shape(mbs_[static_cast<std::size_t>(msg.microbatch)].tokens.shape());
-    if (got != want)
-      throw Error(fmt::format("pipeline stage {} expects {} {} but stage {} sent {}", msg.stage,
-                              msg.gradient ? "gradients" : "activations", want, from, got),
-                  rank_id());
+  //! The shape virtual stage `msg.stage` takes `msg` in: an activation is its input; a gradient is the shape of the
+  //! activation it sent, the next stage's input.
+  [[nodiscard]] const Shape& expected_shape(const Message& msg) const {
+    const int s = msg.gradient ? msg.stage + 1 : msg.stage;
+    return input_shapes_[static_cast<std::size_t>(s * shape_.microbatches + msg.microbatch)];
+  }
+
+  //! Every virtual stage's input shape for every microbatch of the step, as its module says (`input_shape`),
+  //! gathered over the pipeline (one small all-gather per step): each rank then knows every message's shape before
+  //! it arrives, and checks what it sends.
+  void gather_input_shapes() {
+    constexpr int fields = 1 + Shape::max_rank;
+    const int m = shape_.microbatches, v = schedule_.chunks;
+    std::vector<std::int64_t> mine;
+    for (int c = 0; c < v; ++c)
+      for (int j = 0; j < m; ++j) {
+        const Shape& tokens = mbs_[static_cast<std::size_t>(j)].tokens.shape();
+        const Shape sh = chunks_[static_cast<std::size_t>(c)].input_shape(tokens);
+        mine.push_back(sh.rank());
+        for (int i = 0; i < Shape::max_rank; ++i) mine.push_back(i < sh.rank() ? sh[i] : 0);
+      }
+    const std::vector<std::int64_t> all = gather_over_pipeline(mine);
+    input_shapes_.assign(static_cast<std::size_t>(total_stages() * m), Shape{});
+    const std::int64_t* f = all.data();
+    for (int r = 0; r < static_cast<int>(all.size() / mine.size()); ++r)
+      for (int c = 0; c < v; ++c)
+        for (int j = 0; j < m; ++j, f += fields) {
+          Shape sh;
+          for (std::int64_t i = 0; i < f[0]; ++i) sh = append_dim(sh, f[1 + i]);
+          const int s = schedule_.stage_of(r, c, shape_.stages);  // one pipeline rank: r is this rank, 0
+          input_shapes_[static_cast<std::size_t>(s * m + j)] = sh;
+        }
+  }
+
+  //! Every pipeline rank's `mine` (of equal lengths), concatenated in rank order (through the transport's memory).
+  [[nodiscard]] std::vector<std::int64_t> gather_over_pipeline(const std::vector<std::int64_t>& mine) const {
+    if (shape_.stages == 1) return mine;
+    const auto n = static_cast<std::int64_t>(mine.size());
+    parallax::Tensor<std::int64_t, Memory> in(rank().allocator(), Shape{n}, MemoryCategory::communication);
+    parallax::Tensor<std::int64_t, Memory> out(rank().allocator(), Shape{n * shape_.stages},
+                                               MemoryCategory::communication);
+    copy_from(in.view(), std::span<const std::int64_t>(mine));
+    pp_->all_gather(in.cview(), out.view());
+    return to_vector(out.cview());
   }
 
   [[nodiscard]] static Shape append_dim(const Shape& s, std::int64_t d) {
@@ -476,8 +475,6 @@ class StageRunner {
       default: return Shape{s[0], s[1], s[2], d};
     }
   }
-
-  [[nodiscard]] Inbox& inbox(int peer) { return io_->inboxes[static_cast<std::size_t>(peer)]; }
 
   // --- recording -----------------------------------------------------------------------------------------------
 
@@ -504,15 +501,7 @@ class StageRunner {
     for (const ActionRecord& r : records_)
       mine.insert(mine.end(), {static_cast<std::int64_t>(r.action.op), r.action.microbatch, r.action.chunk, r.start_ns,
                                r.end_ns});
-    std::vector<std::int64_t> all = mine;
-    if (shape_.stages > 1) {
-      parallax::Tensor<std::int64_t, Memory> in(rank().allocator(), Shape{block}, MemoryCategory::communication);
-      parallax::Tensor<std::int64_t, Memory> out(rank().allocator(), Shape{block * shape_.stages},
-                                                 MemoryCategory::communication);
-      copy_from(in.view(), std::span<const std::int64_t>(mine));
-      pp_->all_gather(in.cview(), out.view());
-      all = to_vector(out.cview());
-    }
+    const std::vector<std::int64_t> all = gather_over_pipeline(mine);
     std::int64_t first = all[0], last = all[0];
     for (int r = 0; r < shape_.stages; ++r) {
       first = std::min(first, all[static_cast<std::size_t>(r * block)]);
@@ -536,10 +525,11 @@ class StageRunner {
   PipelineOptions options_;
   ScheduleShape shape_;
   std::vector<M> chunks_;
+  std::vector<TimedAction> timed_;  // this rank's actions with their simulated times (unit costs), in order
   std::vector<Action> actions_;
-  std::vector<std::vector<Message>> inbox_orders_;  // per pipeline rank: what it sends here, in its order
+  std::vector<Transfer> transfers_;  // this rank's sends and receives of a step, in the step's order
+  std::vector<Shape> input_shapes_;  // by (virtual stage, microbatch), gathered each step
   std::vector<std::optional<typename M::Ctx>> contexts_;  // by (chunk, microbatch), from forward to backward
-  std::vector<Shape> sent_shapes_;                        // by (chunk, microbatch): the activation sent on
   // The step in progress.
   std::span<const Microbatch> mbs_;
   Transfers* io_ = nullptr;
@@ -560,11 +550,13 @@ class StageRunner {
 //!   - counts the global batch's target tokens (not `ignore_index`) over DP x CP, so the last virtual stage
 //!     backpropagates the gradient of the global mean (a DP reduction then sums);
 //!   - runs each action: a forward takes the previous virtual stage's activation, a backward the next one's
-//!     gradient. Between ranks they travel over `mesh.pp()`: each message is a small shape header (checked on
-//!     arrival: a mismatch names both stages) and the tensor. Receives are posted early (the next header from each
-//!     neighbour as soon as the previous message arrived) and taken in the order the sender sends, holding early
-//!     ones, so schedules whose two directions interleave (ZB-V) work; sends are asynchronous. Between chunks of one
-//!     rank (interleaved, V-shape) the tensor is handed over without communication;
+//!     gradient. Between ranks they travel over `mesh.pp()`, only the tensor: every stage's input shapes are
+//!     all-gathered at the step's start, and the sender checks what it sends (a mismatch names both stages).
+//!     Every rank issues the step's sends and receives in one order, by the schedule's unit-cost simulation (end of
+//!     the sending action, then sender), receives early and sends asynchronously: transports that run a group's
+//!     calls one after another (NCCL on a stream) cannot deadlock, and schedules whose two directions interleave
+//!     (ZB-V) work, early messages held. Between chunks of one rank (interleaved, V-shape) the tensor is handed
+//!     over without communication;
 //!   - keeps one module context per (microbatch, chunk) between its forward and its backward and frees it after
 //!     the backward (after backward_weight in split schedules);
 //!   - returns the mean loss, reduced over the pipeline and DP x CP so every rank returns the same number.

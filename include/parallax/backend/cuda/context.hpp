@@ -172,6 +172,9 @@ class Context {
   //! tensors through it and makes it report to the rank's `MemoryStats`. `release_cached()` empties it.
   [[nodiscard]] CachingAllocator<Memory>& memory_cache() const noexcept { return *cache_; }
 
+  //! Orders the calling thread's host copies after the compute stream while the result lives (see `HostOrder`;
+  //! a `Rank` holds one).
+  [[nodiscard]] HostOrder host_order() const { return HostOrder(compute_.get(), device_); }
   //! Makes this context's device current on the calling thread.
   void make_current() const { check(cudaSetDevice(device_), "cudaSetDevice"); }
   //! Waits for the work queued on the compute and the communication stream.

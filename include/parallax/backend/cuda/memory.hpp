@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <utility>
 
 #include <cuda_runtime_api.h>
 
@@ -38,9 +39,51 @@ inline void drain(const void* a, const void* b) {
   }
 }
 
-//! A copy that is complete on return and ordered after all queued device work.
+}  // namespace detail
+
+//! While alive, the host copies the constructing thread makes (`Memory::copy`, `upload`, `download`, `zero`) are
+//! queued on `stream` (a rank's compute stream) and wait for it alone, instead of for every stream of the device.
+//! A `Rank` of the CUDA backend holds one (`cuda::Context::host_order()`) on its thread: reading a loss or a
+//! checkpoint does not wait for NCCL calls in flight, which may wait on a peer that waits on this rank. Results of
+//! communication must then be waited for (`Work::wait`) before the host reads them, as the API requires anyway.
+//! Nested ones stack, the innermost ordering.
+class HostOrder {
+ public:
+  HostOrder(cudaStream_t stream, int device) : stream_(stream), device_(device), outer_(std::exchange(top(), this)) {}
+  HostOrder(const HostOrder&) = delete;
+  HostOrder& operator=(const HostOrder&) = delete;
+  ~HostOrder() {
+    if (top() == this) top() = outer_;
+  }
+
+  //! The innermost on the calling thread, or nullptr.
+  [[nodiscard]] static const HostOrder* current() noexcept { return top(); }
+  [[nodiscard]] cudaStream_t stream() const noexcept { return stream_; }
+  [[nodiscard]] int device() const noexcept { return device_; }
+
+ private:
+  static const HostOrder*& top() noexcept {
+    thread_local const HostOrder* innermost = nullptr;
+    return innermost;
+  }
+
+  cudaStream_t stream_;
+  int device_;
+  const HostOrder* outer_;
+};
+
+namespace detail {
+
+//! A copy that is complete on return: ordered after the calling thread's `HostOrder` stream, or without one after
+//! all queued device work.
 inline void copy_now(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind, const char* what) {
   if (bytes == 0) return;
+  if (const HostOrder* order = HostOrder::current()) {
+    DeviceGuard on(order->device());
+    check(cudaMemcpyAsync(dst, src, bytes, kind, order->stream()), what);
+    check(cudaStreamSynchronize(order->stream()), what);
+    return;
+  }
   drain(dst, src);
   check(cudaMemcpyAsync(dst, src, bytes, kind, cudaStreamPerThread), what);
   check(cudaStreamSynchronize(cudaStreamPerThread), what);
@@ -61,12 +104,12 @@ struct StreamOrder {
 
 //! Global memory of the current GPU. Models `MemorySpace`.
 //!
-//! Every function but `zero_on` is synchronous: it first waits for the work already queued on the device
-//! (on any stream), then completes before it returns. They are meant for setup, checkpoints and tests; kernels
-//! and collectives work on a `cuda::Context`'s streams instead. `allocate` returns nullptr when the GPU
-//! is out of memory (so `Allocator` reports the shortfall) and throws on any other failure. It is the
-//! raw memory of a rank's `CachingAllocator` (`cuda::Context::memory_cache()`), which orders reuse
-//! across streams with `stream_order`.
+//! Every function but `zero_on` is synchronous: it first waits for the work already queued on the device (on any
+//! stream; on a rank's thread, on its compute stream only: `HostOrder`), then completes before it returns. They are
+//! meant for setup, checkpoints and tests; kernels and collectives work on a `cuda::Context`'s streams instead.
+//! `allocate` returns nullptr when the GPU is out of memory (so `Allocator` reports the shortfall) and throws on any
+//! other failure. It is the raw memory of a rank's `CachingAllocator` (`cuda::Context::memory_cache()`), which
+//! orders reuse across streams with `stream_order`.
 //! @code
 //! MemoryStats stats;
 //! Allocator<cuda::Memory> alloc(stats, rank);       // plain: cudaMalloc/cudaFree per tensor
@@ -108,13 +151,19 @@ struct Memory {
     detail::copy_now(dst, src, bytes, cudaMemcpyDeviceToHost, "cuda::Memory::download (cudaMemcpyAsync)");
   }
   //! Queues zeroing `bytes` at `p` on `stream` and returns (stream-ordered: work queued on `stream` later sees
-  //! zeros; `copy`, `upload` and `download` wait for every stream first).
+  //! zeros; `copy`, `upload` and `download` wait for every stream first, or for the `HostOrder` stream).
   static void zero_on(void* p, std::size_t bytes, cudaStream_t stream) {
     if (bytes == 0) return;
     check(cudaMemsetAsync(p, 0, bytes, stream), "cuda::Memory::zero_on (cudaMemsetAsync)");
   }
   static void zero(void* p, std::size_t bytes) {
     if (bytes == 0) return;
+    if (const HostOrder* order = HostOrder::current()) {
+      DeviceGuard on(order->device());
+      zero_on(p, bytes, order->stream());
+      check(cudaStreamSynchronize(order->stream()), "cuda::Memory::zero (cudaStreamSynchronize)");
+      return;
+    }
     detail::drain(p, nullptr);
     check(cudaMemsetAsync(p, 0, bytes, cudaStreamPerThread), "cuda::Memory::zero (cudaMemsetAsync)");
     check(cudaStreamSynchronize(cudaStreamPerThread), "cuda::Memory::zero (cudaStreamSynchronize)");

@@ -27,13 +27,17 @@ struct Waitable {
   std::condition_variable cv;
 };
 
-//! Shared by all rank threads of one `launch`: the timeout, and the abort that releases every wait.
+//! Shared by all rank threads of one `launch`: the timeout, whether calls run in issue order, and the abort that
+//! releases every wait.
 class ThreadWorld {
  public:
-  ThreadWorld(int size, std::chrono::milliseconds timeout) : size_(size), timeout_(timeout) {}
+  ThreadWorld(int size, std::chrono::milliseconds timeout, bool in_order = false)
+      : size_(size), timeout_(timeout), in_order_(in_order) {}
 
   [[nodiscard]] int size() const noexcept { return size_; }
   [[nodiscard]] std::chrono::milliseconds timeout() const noexcept { return timeout_; }
+  //! `LaunchOptions::in_order`: each rank's call on a group starts once its previous call there completed.
+  [[nodiscard]] bool in_order() const noexcept { return in_order_; }
   [[nodiscard]] bool aborted() const noexcept { return aborted_.load(std::memory_order_acquire); }
 
   //! Records the first failure and wakes every waiter of every group.
@@ -69,6 +73,7 @@ class ThreadWorld {
  private:
   int size_;
   std::chrono::milliseconds timeout_;
+  bool in_order_;
   std::atomic<bool> aborted_{false};
   mutable std::mutex mutex_;
   int failed_rank_ = -1;
