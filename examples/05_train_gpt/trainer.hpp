@@ -309,7 +309,7 @@ void run_ranks(const Plan& plan, Report& report) {
                             [&](DynamicMesh& mesh) { train<DynamicMesh, Backend, T>(mesh, plan, report); });
         }
       },
-      {.in_order = plan.options.in_order});
+      {.in_order = plan.options.in_order ? std::optional(true) : std::nullopt});  // unset: the environment
 }
 
 }  // namespace train_gpt

@@ -15,10 +15,13 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -505,7 +508,7 @@ TEST_CASE("thread communicator: in_order runs a group's calls one at a time, as 
           "[comm][thread_communicator][in_order]") {
   // Each rank posts the receive from its partner before sending to it: fine while calls overlap; in order (NCCL),
   // each send waits behind a receive whose sender waits likewise, and the timeout names the call.
-  const auto exchange = [](bool in_order) {
+  const auto exchange = [](std::optional<bool> in_order) {
     std::vector<float> got(2, -1.f);
     std::string error;
     try {
@@ -531,6 +534,13 @@ TEST_CASE("thread communicator: in_order runs a group's calls one at a time, as 
   CHECK(overlapped == std::vector<float>{11.f, 10.f});
   const auto [stuck, error] = exchange(true);
   CHECK_THAT(error, Catch::Matchers::Contains("did not post the matching"));
+  ::setenv("PARALLAX_COMM_IN_ORDER", "1", 1);  // the default when LaunchOptions::in_order is unset
+  const auto [from_env, env_error] = exchange(std::nullopt);
+  ::setenv("PARALLAX_COMM_IN_ORDER", "0", 1);
+  const auto [env_off, env_off_error] = exchange(std::nullopt);
+  ::unsetenv("PARALLAX_COMM_IN_ORDER");
+  CHECK_THAT(env_error, Catch::Matchers::Contains("did not post the matching"));
+  CHECK(env_off_error.empty());
 
   // A program that posts its calls in one order on every rank runs in order: the lower rank sends first, and
   // async collectives queue behind each other.
@@ -554,6 +564,32 @@ TEST_CASE("thread communicator: in_order runs a group's calls one at a time, as 
         for (auto& w : work) w.wait();
         if (theirs[0] != float(peer) || bufs[2][0] != 3.f)
           log.fail(r, fmt::format("in order: received {}, all_reduce gave {}", theirs[0], bufs[2][0]));
+      },
+      {.timeout = std::chrono::seconds(20), .in_order = true}));
+
+  // Only the group's later calls wait, not the rank: rank 0's send to rank 2 queues behind its receive from rank 1
+  // on the world, while rank 0 goes on to an all-reduce with rank 1 on another group, after which rank 1 sends.
+  REQUIRE_NOTHROW(px::launch<B>(
+      3,
+      [&](Rank& rank) {
+        Comm& world = rank.world();
+        const int r = rank.id();
+        Comm pair = world.split(r < 2 ? 0 : -1, r, "pair");
+        std::vector<float> got{-1.f}, mine{float(r)}, sum{1.f};
+        if (r == 0) {
+          px::Work in = world.recv_async(view(got), 1);
+          px::Work out = world.send_async(cview(mine), 2);
+          pair.all_reduce(view(sum));
+          in.wait();
+          out.wait();
+        } else if (r == 1) {
+          pair.all_reduce(view(sum));
+          world.send(cview(mine), 0);
+        } else {
+          world.recv(view(got), 0);
+        }
+        if ((r == 0 && got[0] != 1.f) || (r == 2 && got[0] != 0.f) || (r < 2 && sum[0] != 2.f))
+          log.fail(r, fmt::format("other groups go on: received {}, all_reduce gave {}", got[0], sum[0]));
       },
       {.timeout = std::chrono::seconds(20), .in_order = true}));
   check_clean(log);

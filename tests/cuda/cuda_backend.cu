@@ -23,6 +23,7 @@
 #include "support.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -704,4 +705,52 @@ TEST_CASE("cuda: a rank's tensors and kernel temporaries come from its stream-or
   CHECK(seen.workspace_peak == 4000);
   CHECK(seen.other_stream_waits);
   CHECK(seen.other_stream_after);
+}
+
+TEST_CASE("cuda: on a rank's thread, host copies wait for the rank's compute stream only (HostOrder)",
+          "[gpu][cuda][memory]") {
+  if (!gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  // Another stream of the device is held by a host function until the rank thread has copied: with a device-wide
+  // drain (what copies do without a HostOrder) the copies would wait for it, and it would run into its 10 s bound.
+  struct Gate {
+    std::atomic<bool> open{false};
+    bool opened_in_time = false;
+  } gate;
+  struct Seen {
+    bool ordered = false, zeroed = false, in_rank = false;
+  } seen;
+  px::launch<CB>(1, [&](px::Rank<CB>& rank) {
+    cu::Context& ctx = rank.context();
+    seen.in_rank = cu::HostOrder::current() != nullptr && cu::HostOrder::current()->stream() == ctx.stream();
+    cu::Stream held;
+    cu::check(cudaLaunchHostFunc(held.get(),
+                                 [](void* p) {
+                                   auto& g = *static_cast<Gate*>(p);
+                                   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+                                   while (!g.open.load() && std::chrono::steady_clock::now() < until)
+                                     std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                                   g.opened_in_time = g.open.load();
+                                 },
+                                 &gate),
+              "cudaLaunchHostFunc");
+    px::Tensor<float, CMem> x(rank.allocator(), Shape{256}, MemoryCategory::activations);
+    std::vector<float> in(256), out(256, -1.f);
+    for (std::size_t i = 0; i < in.size(); ++i) in[i] = float(i);
+    CMem::upload(x.data(), in.data(), in.size() * sizeof(float));
+    CMem::download(out.data(), x.data(), out.size() * sizeof(float));
+    seen.ordered = out == in;
+    CMem::zero_on(x.data(), 64 * sizeof(float), ctx.stream());  // queued on the compute stream: the copy sees it
+    CMem::download(out.data(), x.data(), out.size() * sizeof(float));
+    seen.zeroed = out[63] == 0.f && out[64] == 64.f;
+    gate.open = true;
+    held.synchronize();
+  });
+  CHECK(seen.in_rank);
+  CHECK(seen.ordered);
+  CHECK(seen.zeroed);
+  CHECK(gate.opened_in_time);  // the copies did not wait for the held stream
+  CHECK(cu::HostOrder::current() == nullptr);  // the main thread holds none
 }

@@ -358,6 +358,8 @@ void save(Mesh& mesh, const nn::ParameterList<T, Space>& params, const std::file
 //! full tensor of each of its mapped parameters (converted to T, transposed where the map says so), checks it
 //! against the parameter's global shape and keeps its own shard (`nn::extract`). Tensors of the file that no
 //! parameter maps to (Hugging Face's `attn.bias` buffers, say) are ignored; unmapped parameters keep their values.
+//! Load before building an optimizer over the parameters: it takes its master weights (and, under ZeRO, the
+//! parameters' storage and their gathers in flight) from the values as they are then.
 //!
 //! Collective over the world: nothing is changed unless every rank succeeded, and a missing or malformed
 //! file, a missing tensor (some of the file's names are listed) or a shape mismatch throws on every rank

@@ -56,8 +56,8 @@ struct LaunchOptions {
   //! on a group's stream: a rank's call starts once its previous call on that group completed (the rank's thread
   //! waits for it). A program whose ranks rely on calls of one group overlapping, e.g. a receive posted before a
   //! send that its peer waits for, then fails here by the timeout, naming the calls, as it would hang on GPUs.
-  //! Slower; for tests. Off: the calls of a group progress independently.
-  bool in_order = false;
+  //! Slower; a check. Off: the calls of a group progress independently. Unset: `PARALLAX_COMM_IN_ORDER`.
+  std::optional<bool> in_order{};
 };
 
 namespace detail {
@@ -135,7 +135,8 @@ template <Backend B, class Fn>
 void launch(int n, Fn&& fn, LaunchOptions options = {}) {
   if (n <= 0) throw Error(fmt::format("launch: number of ranks is {}, must be positive", n));
   auto world =
-      std::make_shared<detail::ThreadWorld>(n, options.timeout.value_or(comm_timeout_from_env()), options.in_order);
+      std::make_shared<detail::ThreadWorld>(n, options.timeout.value_or(comm_timeout_from_env()),
+                                            options.in_order.value_or(comm_in_order_from_env()));
   const detail::LaunchWorld<B> ranks(n, world, options);
 
   std::mutex mutex;

@@ -33,4 +33,11 @@ namespace parallax {
   return std::string(v) != "0";
 }
 
+//! Whether the thread transport runs each group's calls one at a time, as NCCL does on a stream
+//! (`LaunchOptions::in_order`): `PARALLAX_COMM_IN_ORDER=1`; off when unset or 0.
+[[nodiscard]] inline bool comm_in_order_from_env() {
+  const char* v = std::getenv("PARALLAX_COMM_IN_ORDER");
+  return v != nullptr && *v != '\0' && std::string(v) != "0";
+}
+
 }  // namespace parallax

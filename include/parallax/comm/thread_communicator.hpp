@@ -103,8 +103,8 @@ class MailWork final : public WorkState {
 //! into slice r of every buffer in the same pass: about n bytes read and n written per rank, no root, no
 //! global lock.
 //! Every collective starts by exchanging its description, so mismatched calls are always detected, at no cost.
-//! Async calls run in issue order on a per-group communication thread. Under `LaunchOptions::in_order` a call
-//! starts only once the rank's previous call on the group completed, as on an NCCL stream.
+//! Async calls run in issue order on a per-group communication thread. Under `LaunchOptions::in_order` every call
+//! goes there and starts only once the rank's previous call on the group completed, as on an NCCL stream.
 template <MemorySpace Space>
 class ThreadCommunicator final : public Transport {
  public:
@@ -128,16 +128,33 @@ class ThreadCommunicator final : public Transport {
   std::string_view memory_space() const noexcept override { return Space::name; }
 
   Work start(CollectiveDesc d, const void* in, void* out, bool async) override {
-    if (!g_->world().in_order()) return issue(d, in, out, async);
-    previous_.wait();  // NCCL's order on a stream: this call starts once the previous one completed
-    previous_ = issue(d, in, out, async);
-    return previous_;
+    const bool p2p = d.kind == CollectiveKind::send || d.kind == CollectiveKind::recv;
+    if (!g_->world().in_order()) {
+      if (p2p) {
+        Work w(post(d, in, out, channel_.mark()));
+        if (!async) w.wait();
+        return w;
+      }
+      return collective(d, in, out, async);
+    }
+    // As NCCL on a stream: every call queues on the group's worker, which starts it once the previous one
+    // completed; the issuing thread goes on (a send or receive waits for its match there).
+    if (!p2p) d.seq = ++seq_;
+    if (!worker_) worker_ = std::make_unique<detail::Worker>();
+    Marker ready = channel_.mark();  // now, on the issuing thread: what the rank queued so far
+    Work w(worker_->submit([this, d, in, out, ready, p2p] {
+      if (p2p)
+        Work(post(d, in, out, ready)).wait();
+      else
+        run(d, in, out, ready);
+    }));
+    if (!async) w.wait();
+    return w;
   }
 
   std::shared_ptr<Transport> split(int color, int key, std::string label) override {
     CollectiveDesc d{CollectiveKind::split};
     d.seq = ++seq_;
-    if (g_->world().in_order()) previous_.wait();
     if (worker_ && worker_->busy()) worker_->submit([] {})->wait();  // keep issue order
     refuse_if_broken(d);
     auto& s = g_->slot(r_);
@@ -169,13 +186,8 @@ class ThreadCommunicator final : public Transport {
   }
 
  private:
-  // One call, started now.
-  Work issue(CollectiveDesc d, const void* in, void* out, bool async) {
-    if (d.kind == CollectiveKind::send || d.kind == CollectiveKind::recv) {
-      Work w(post(d, in, out));
-      if (!async) w.wait();
-      return w;
-    }
+  // A collective: inline, or on the worker when async or behind async ones.
+  Work collective(CollectiveDesc d, const void* in, void* out, bool async) {
     d.seq = ++seq_;
     Marker ready = channel_.mark();  // now, on the issuing thread: what the rank queued so far
     if (async || (worker_ && worker_->busy())) {
@@ -254,15 +266,16 @@ class ThreadCommunicator final : public Transport {
   }
 
   // Posts a send or receive; the second of a matching pair copies the data.
-  std::shared_ptr<detail::WorkState> post(const CollectiveDesc& d, const void* in, void* out) {
+  // `ready` marks the work the rank queued before the call (taken on the issuing thread).
+  std::shared_ptr<detail::WorkState> post(const CollectiveDesc& d, const void* in, void* out, Marker ready) {
     auto m = std::make_shared<detail::Mail>();
     m->desc = d;
     m->src = in;
     m->dst = out;
     if constexpr (!std::is_empty_v<Marker>) {  // the copy may run later, on the peer's thread
-      auto ready = std::make_shared<const Marker>(channel_.mark());
-      m->ready = ready.get();
-      m->keep = std::move(ready);
+      auto kept = std::make_shared<const Marker>(std::move(ready));
+      m->ready = kept.get();
+      m->keep = std::move(kept);
     }
     const int peer = d.root;
     const bool sending = d.kind == CollectiveKind::send;
@@ -309,7 +322,6 @@ class ThreadCommunicator final : public Transport {
   stream_type stream_;  // the rank's own work (given to the groups split from this one)
   detail::SpaceChannel<Space> channel_;
   std::uint64_t seq_ = 0;
-  Work previous_;  // the last call, when the world runs calls in order (`ThreadWorld::in_order`)
   std::unique_ptr<detail::Worker> worker_;  // last: joined before the group goes away
 };
 

@@ -46,14 +46,19 @@ inline void drain(const void* a, const void* b) {
 //! A `Rank` of the CUDA backend holds one (`cuda::Context::host_order()`) on its thread: reading a loss or a
 //! checkpoint does not wait for NCCL calls in flight, which may wait on a peer that waits on this rank. Results of
 //! communication must then be waited for (`Work::wait`) before the host reads them, as the API requires anyway.
-//! Nested ones stack, the innermost ordering.
+//! Copies touching memory of another device than the order's wait for the whole of both devices, as without one.
+//! Nested ones stack, the innermost ordering (so keep one rank per thread); destroy each on the thread that made it.
 class HostOrder {
  public:
   HostOrder(cudaStream_t stream, int device) : stream_(stream), device_(device), outer_(std::exchange(top(), this)) {}
   HostOrder(const HostOrder&) = delete;
   HostOrder& operator=(const HostOrder&) = delete;
-  ~HostOrder() {
-    if (top() == this) top() = outer_;
+  ~HostOrder() {  // unlinks itself wherever it is in the thread's stack
+    for (HostOrder** link = &top(); *link != nullptr; link = &(*link)->outer_)
+      if (*link == this) {
+        *link = outer_;
+        return;
+      }
   }
 
   //! The innermost on the calling thread, or nullptr.
@@ -62,23 +67,32 @@ class HostOrder {
   [[nodiscard]] int device() const noexcept { return device_; }
 
  private:
-  static const HostOrder*& top() noexcept {
-    thread_local const HostOrder* innermost = nullptr;
+  static HostOrder*& top() noexcept {
+    thread_local HostOrder* innermost = nullptr;
     return innermost;
   }
 
   cudaStream_t stream_;
   int device_;
-  const HostOrder* outer_;
+  HostOrder* outer_;
 };
 
 namespace detail {
+
+//! The calling thread's `HostOrder` if the device memory among `a` and `b` (host pointers aside) is its device's.
+[[nodiscard]] inline const HostOrder* host_order_for(const void* a, const void* b) {
+  const HostOrder* order = HostOrder::current();
+  if (order == nullptr) return nullptr;
+  for (const void* p : {a, b})
+    if (const int device = device_of(p); device >= 0 && device != order->device()) return nullptr;
+  return order;
+}
 
 //! A copy that is complete on return: ordered after the calling thread's `HostOrder` stream, or without one after
 //! all queued device work.
 inline void copy_now(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind, const char* what) {
   if (bytes == 0) return;
-  if (const HostOrder* order = HostOrder::current()) {
+  if (const HostOrder* order = host_order_for(dst, src)) {
     DeviceGuard on(order->device());
     check(cudaMemcpyAsync(dst, src, bytes, kind, order->stream()), what);
     check(cudaStreamSynchronize(order->stream()), what);
@@ -158,7 +172,7 @@ struct Memory {
   }
   static void zero(void* p, std::size_t bytes) {
     if (bytes == 0) return;
-    if (const HostOrder* order = HostOrder::current()) {
+    if (const cuda::HostOrder* order = detail::host_order_for(p, nullptr)) {
       DeviceGuard on(order->device());
       zero_on(p, bytes, order->stream());
       check(cudaStreamSynchronize(order->stream()), "cuda::Memory::zero (cudaStreamSynchronize)");

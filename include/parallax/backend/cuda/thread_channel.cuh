@@ -74,8 +74,9 @@ inline void check_rank_count(int n, int n_out) {
   return true;
 }
 
-//! Reduces through host memory: for rank buffers spread over several GPUs (no peer access needed). Synchronous:
-//! the copies wait for all work queued on the devices involved.
+//! Reduces through host memory: for rank buffers spread over several GPUs (no peer access needed). Synchronous;
+//! the caller first waits for the work that produces the buffers (the copies may be ordered after the calling
+//! thread's compute stream only: `HostOrder`).
 inline void reduce_through_host(DType t, void* const* outs, int n_out, const void* const* in, int n,
                                 std::int64_t count, ReduceOp op) {
   const std::size_t bytes = static_cast<std::size_t>(count) * size_of(t);
@@ -139,6 +140,8 @@ class SpaceChannel<cuda::Memory> {
     if (count <= 0 || n <= 0 || n_out <= 0) return;
     cuda::DeviceGuard on(device_);
     if (!cuda::detail::on_current_device(outs, n_out, in, n)) {
+      begin();
+      stream_.synchronize();  // it waited for every participant's mark: their buffers are ready
       cuda::detail::reduce_through_host(t, outs, n_out, in, n, count, op);
       return;
     }

@@ -108,10 +108,10 @@ class ThreadGroup : public Waitable {
         world_->throw_if_aborted(world_rank(r), fmt::format("{} #{} on {}", what.str(), what.seq, describe()));
       }
       if (std::chrono::steady_clock::now() >= deadline) {
-        broken_ = true;
-        throw Error(fmt::format("{} #{} on {} timed out after {} ms: {}", what.str(), what.seq, describe(),
-                                world_->timeout().count(), missing()),
-                    world_rank(r), describe(), std::string(name(what.kind)));
+        const std::string why = fmt::format("{} #{} on {} timed out after {} ms: {}", what.str(), what.seq,
+                                            describe(), world_->timeout().count(), missing());
+        break_with(why);
+        throw Error(why, world_rank(r), describe(), std::string(name(what.kind)));
       }
       cv.wait_until(lock, std::min(deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(200)));
     }
@@ -127,12 +127,12 @@ class ThreadGroup : public Waitable {
     std::string calls;
     for (int j = 0; j < size(); ++j)
       calls += fmt::format("{}rank {} {}", j ? ", " : "", world_rank(j), slot(j).desc.str());
+    const std::string why = fmt::format("collective #{} on {}: mismatched calls: {}", d0.seq, describe(), calls);
     {
       std::lock_guard l(mutex);
-      broken_ = true;
+      break_with(why);
     }
-    throw Error(fmt::format("collective #{} on {}: mismatched calls: {}", d0.seq, describe(), calls), world_rank(r),
-                describe(), std::string(name(slot(r).desc.kind)));
+    throw Error(why, world_rank(r), describe(), std::string(name(slot(r).desc.kind)));
   }
 
   //! Point-to-point queues: sends posted from `src` to `dst` (group ranks) and receives waiting for them.
@@ -141,12 +141,18 @@ class ThreadGroup : public Waitable {
 
   void check_usable(int r, const CollectiveDesc& what) const {
     if (broken_)
-      throw Error(fmt::format("{} on {}: the group is unusable after an earlier timeout or mismatch", what.str(),
-                              describe()),
+      throw Error(fmt::format("{} on {}: the group is unusable after an earlier timeout or mismatch: {}", what.str(),
+                              describe(), broken_why_),
                   world_rank(r), describe(), std::string(name(what.kind)));
   }
 
  private:
+  // Marks the group unusable, keeping the first reason (under `mutex`).
+  void break_with(const std::string& why) {
+    if (!broken_) broken_why_ = why;
+    broken_ = true;
+  }
+
   std::size_t index(int src, int dst) const { return static_cast<std::size_t>(src * size() + dst); }
   std::vector<int> to_world(const std::vector<int>& rs) const {
     std::vector<int> w;
@@ -162,6 +168,7 @@ class ThreadGroup : public Waitable {
   int arrived_ = 0;
   std::uint64_t generation_ = 0;
   bool broken_ = false;
+  std::string broken_why_;  // the first failure that broke the group
 };
 
 }  // namespace parallax::detail
