@@ -53,8 +53,8 @@ struct LaunchOptions {
   //! The world's transport; see `LaunchTransport`.
   LaunchTransport transport = LaunchTransport::automatic;
   //! The thread transport runs each group's calls one at a time, in the order each rank issues them, as NCCL does
-  //! on a group's stream: a rank's call starts once its previous call on that group completed (the rank's thread
-  //! waits for it). A program whose ranks rely on calls of one group overlapping, e.g. a receive posted before a
+  //! on a group's stream: a rank's call starts once its previous call on that group completed (it waits on the
+  //! group's communication thread; the rank's thread goes on). A program whose ranks rely on calls of one group overlapping, e.g. a receive posted before a
   //! send that its peer waits for, then fails here by the timeout, naming the calls, as it would hang on GPUs.
   //! Slower; a check. Off: the calls of a group progress independently. Unset: `PARALLAX_COMM_IN_ORDER`.
   std::optional<bool> in_order{};

@@ -129,19 +129,22 @@ class ThreadCommunicator final : public Transport {
 
   Work start(CollectiveDesc d, const void* in, void* out, bool async) override {
     const bool p2p = d.kind == CollectiveKind::send || d.kind == CollectiveKind::recv;
-    if (!g_->world().in_order()) {
-      if (p2p) {
-        Work w(post(d, in, out, channel_.mark()));
-        if (!async) w.wait();
-        return w;
-      }
-      return collective(d, in, out, async);
-    }
-    // As NCCL on a stream: every call queues on the group's worker, which starts it once the previous one
-    // completed; the issuing thread goes on (a send or receive waits for its match there).
+    // In order (as NCCL on a stream), every call queues on the group's worker, which starts it once the previous
+    // one completed, while the issuing thread goes on (a send or receive waits for its match there). Otherwise a
+    // send or receive is posted at once, and a collective runs inline unless async or behind async ones.
+    const bool in_order = g_->world().in_order();
     if (!p2p) d.seq = ++seq_;
-    if (!worker_) worker_ = std::make_unique<detail::Worker>();
     Marker ready = channel_.mark();  // now, on the issuing thread: what the rank queued so far
+    if (p2p && !in_order) {
+      Work w(post(d, in, out, std::move(ready)));
+      if (!async) w.wait();
+      return w;
+    }
+    if (!p2p && !in_order && !async && !(worker_ && worker_->busy())) {
+      run(d, in, out, ready);
+      return {};
+    }
+    if (!worker_) worker_ = std::make_unique<detail::Worker>();
     Work w(worker_->submit([this, d, in, out, ready, p2p] {
       if (p2p)
         Work(post(d, in, out, ready)).wait();
@@ -186,20 +189,6 @@ class ThreadCommunicator final : public Transport {
   }
 
  private:
-  // A collective: inline, or on the worker when async or behind async ones.
-  Work collective(CollectiveDesc d, const void* in, void* out, bool async) {
-    d.seq = ++seq_;
-    Marker ready = channel_.mark();  // now, on the issuing thread: what the rank queued so far
-    if (async || (worker_ && worker_->busy())) {
-      if (!worker_) worker_ = std::make_unique<detail::Worker>();
-      Work w(worker_->submit([this, d, in, out, ready] { run(d, in, out, ready); }));
-      if (!async) w.wait();
-      return w;
-    }
-    run(d, in, out, ready);
-    return {};
-  }
-
   // Throws before touching our slot if the group broke: ranks still reporting a mismatch read every slot.
   void refuse_if_broken(const CollectiveDesc& d) {
     std::lock_guard lock(g_->mutex);

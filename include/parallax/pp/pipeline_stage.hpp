@@ -129,7 +129,11 @@ class StageRunner {
   //! Chunk `c`'s module.
   [[nodiscard]] M& chunk(int c) { return chunks_.at(static_cast<std::size_t>(c)); }
   //! This rank's actions, in order.
-  [[nodiscard]] const std::vector<Action>& actions() const noexcept { return actions_; }
+  [[nodiscard]] std::vector<Action> actions() const {
+    std::vector<Action> list;
+    for (const TimedAction& a : timed_) list.push_back(a.action);
+    return list;
+  }
 
   //! Every chunk's parameters, chunk 0 first.
   [[nodiscard]] nn::ParameterList<value_type, Memory> parameters() {
@@ -252,7 +256,6 @@ class StageRunner {
   void plan() {
     const Simulation sim = schedule_.simulate(shape_, {});
     timed_ = sim.ranks[static_cast<std::size_t>(me_)];
-    for (const TimedAction& a : timed_) actions_.push_back(a.action);
     for (int sender = 0; sender < shape_.stages; ++sender)
       for (const TimedAction& a : sim.ranks[static_cast<std::size_t>(sender)]) {
         const auto msg = sent_by(sender, a.action);
@@ -445,12 +448,12 @@ class StageRunner {
     const std::vector<std::int64_t> all = gather_over_pipeline(mine);
     input_shapes_.assign(static_cast<std::size_t>(total_stages() * m), Shape{});
     const std::int64_t* f = all.data();
-    for (int r = 0; r < static_cast<int>(all.size() / mine.size()); ++r)
+    for (int r = 0; r < shape_.stages; ++r)
       for (int c = 0; c < v; ++c)
         for (int j = 0; j < m; ++j, f += fields) {
           Shape sh;
           for (std::int64_t i = 0; i < f[0]; ++i) sh = append_dim(sh, f[1 + i]);
-          const int s = schedule_.stage_of(r, c, shape_.stages);  // one pipeline rank: r is this rank, 0
+          const int s = schedule_.stage_of(r, c, shape_.stages);
           input_shapes_[static_cast<std::size_t>(s * m + j)] = sh;
         }
   }
@@ -526,7 +529,6 @@ class StageRunner {
   ScheduleShape shape_;
   std::vector<M> chunks_;
   std::vector<TimedAction> timed_;  // this rank's actions with their simulated times (unit costs), in order
-  std::vector<Action> actions_;
   std::vector<Transfer> transfers_;  // this rank's sends and receives of a step, in the step's order
   std::vector<Shape> input_shapes_;  // by (virtual stage, microbatch), gathered each step
   std::vector<std::optional<typename M::Ctx>> contexts_;  // by (chunk, microbatch), from forward to backward
