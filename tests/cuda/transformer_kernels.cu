@@ -57,6 +57,9 @@ using px::View;
 using px::test::bits_of;
 using px::test::gpu::bit_differences;
 using px::test::gpu::check_close;
+using px::test::quarters;
+using px::test::rtol;
+using px::test::values;
 using px::test::gpu::gpu_available;
 using px::test::gpu::type_name;
 using px::test::error_of;
@@ -74,33 +77,7 @@ using HCV = View<const T, HMem>;
 static_assert(px::Backend<CB>, "cuda::Backend must model parallax::Backend");
 
 
-// ---- data and comparisons --------------------------------------------------------------------------------------
-
-// Deterministic values in [-scale, scale) stored as T.
-template <class T>
-std::vector<T> values(i64 n, std::uint64_t seed, float scale = 1.f) {
-  std::vector<T> out;
-  for (float v : px::test::random_values(n, seed, scale)) out.push_back(T(v));
-  return out;
-}
-
-// Multiples of 1/4 in [-2, 2]: any fp32 sum of fewer than 2^21 of them is exact, in any order.
-template <class T>
-std::vector<T> quarters(i64 n, std::uint64_t seed) {
-  std::vector<T> out;
-  for (float v : px::test::random_values(n, seed, 2.f)) out.push_back(T(std::round(v * 4.f) / 4.f));
-  return out;
-}
-
-// Relative tolerance of a GPU result against the host's: fp32 math in another order, stored as T.
-template <class T>
-constexpr double rtol = std::is_same_v<T, float> ? 1e-5 : 1e-2;
-
-template <class T>
-void check_close(const std::vector<T>& got, const std::vector<T>& want, const std::string& what) {
-  check_close(got, want, rtol<T>, what);
-}
-
+// ---- device data -------------------------------------------------------------------------------------------------
 
 // Device tensors of one test, with their accounting.
 struct Device {

@@ -1,37 +1,18 @@
 // parallax/backend/cuda/activation.cuh — GELU (GPT-2's tanh approximation) on the GPU: forward and backward (nvcc).
 #pragma once
 
-#include <cstdint>
-
 #include <cuda_runtime.h>
 
 #include "../../core/dtype.hpp"
 #include "../../core/view.hpp"
-#include "../host/activation.hpp"
 #include "check.hpp"
 #include "context.hpp"
-#include "detail/grid.cuh"
+#include "detail/activation_kernels.cuh"
 #include "detail/kernel_args.hpp"
 #include "elementwise.cuh"
 #include "memory.hpp"
 
 namespace parallax::cuda {
-
-namespace detail {
-
-// GELU and its derivative are the host kernel's (host::detail::gelu, gelu_grad): one definition for both backends.
-template <class T>
-__global__ void gelu_forward_kernel(const T* x, T* y, std::int64_t n) {
-  for (std::int64_t i = grid_index(); i < n; i += grid_stride()) y[i] = T(host::detail::gelu(float(x[i])));
-}
-
-template <class T>
-__global__ void gelu_backward_kernel(const T* x, const T* dy, T* dx, std::int64_t n) {
-  for (std::int64_t i = grid_index(); i < n; i += grid_stride())
-    dx[i] = T(float(dy[i]) * host::detail::gelu_grad(float(x[i])));
-}
-
-}  // namespace detail
 
 //! Activation kernels of the CUDA backend (elementwise; any shape, equal for all operands). Same functions,
 //! arguments, checks and fp32 math as `host::Activation`; queued on the context's compute stream.

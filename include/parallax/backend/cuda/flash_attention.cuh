@@ -12,6 +12,7 @@
 
 #include "check.hpp"
 #include "context.hpp"
+#include "detail/dynamic_shared.cuh"
 #include "detail/flash_tiling.hpp"
 #include "detail/mma.cuh"
 
@@ -19,9 +20,6 @@ namespace parallax::cuda::detail {
 
 inline constexpr float flash_log2e = 1.4426950408889634f;
 inline constexpr float flash_ln2 = 0.6931471805599453f;
-
-//! The dynamic shared memory of every flash kernel (one name and type, as extern __shared__ requires).
-extern __shared__ __align__(16) unsigned char flash_smem[];
 
 //! Queues the copy of rows [r0, r0 + Rows) of the row-major [nt, Dh] operand `src` into the shared tile `dst`
 //! (row stride Stride), zeros for rows past nt, by all `Threads` threads of the block, 16 bytes a copy.
@@ -85,9 +83,9 @@ __global__ void __launch_bounds__(flash_forward_tiling<Dh>.threads(), flash_forw
                          float* __restrict__ lse, std::int64_t heads, std::int64_t nt, float scale_log2) {
   constexpr FlashTiling tl = flash_forward_tiling<Dh>;
   constexpr int rows = tl.rows(), cols = tl.cols, stride = tl.stride(), threads = tl.threads();
-  T* qs = reinterpret_cast<T*>(flash_smem);  // [rows][stride]
-  T* ks = qs + rows * stride;                // [2][cols][stride]
-  T* vs = ks + 2 * cols * stride;            // [2][cols][stride]
+  T* qs = dynamic_shared<T>();     // [rows][stride]
+  T* ks = qs + rows * stride;      // [2][cols][stride]
+  T* vs = ks + 2 * cols * stride;  // [2][cols][stride]
   const FlashBlock blk = flash_block(blockIdx.x, heads, flash_tiles(nt, rows), true);
   const std::int64_t base = blk.head * nt * Dh, q0 = blk.tile * rows;
   const std::int64_t steps = flash_key_steps(q0, rows, cols, nt);
@@ -169,10 +167,10 @@ __global__ void __launch_bounds__(flash_dq_tiling<Dh>.threads(), flash_dq_tiling
                     T* __restrict__ dq, std::int64_t heads, std::int64_t nt, float scale, float scale_log2) {
   constexpr FlashTiling tl = flash_dq_tiling<Dh>;
   constexpr int rows = tl.rows(), cols = tl.cols, stride = tl.stride(), threads = tl.threads();
-  T* qs = reinterpret_cast<T*>(flash_smem);  // [rows][stride]
-  T* dos = qs + rows * stride;               // [rows][stride]
-  T* ks = dos + rows * stride;               // [2][cols][stride]
-  T* vs = ks + 2 * cols * stride;            // [2][cols][stride]
+  T* qs = dynamic_shared<T>();     // [rows][stride]
+  T* dos = qs + rows * stride;     // [rows][stride]
+  T* ks = dos + rows * stride;     // [2][cols][stride]
+  T* vs = ks + 2 * cols * stride;  // [2][cols][stride]
   const FlashBlock blk = flash_block(blockIdx.x, heads, flash_tiles(nt, rows), true);
   const std::int64_t base = blk.head * nt * Dh, q0 = blk.tile * rows;
   const std::int64_t steps = flash_key_steps(q0, rows, cols, nt);
@@ -240,7 +238,7 @@ __global__ void __launch_bounds__(flash_dkdv_tiling<Dh>.threads(), flash_dkdv_ti
                       float scale_log2) {
   constexpr FlashTiling tl = flash_dkdv_tiling<Dh>;
   constexpr int rows = tl.rows(), cols = tl.cols, stride = tl.stride(), threads = tl.threads();
-  T* ks = reinterpret_cast<T*>(flash_smem);                         // [rows][stride]
+  T* ks = dynamic_shared<T>();                                      // [rows][stride]
   T* vs = ks + rows * stride;                                       // [rows][stride]
   T* qs = vs + rows * stride;                                       // [2][cols][stride]
   T* dos = qs + 2 * cols * stride;                                  // [2][cols][stride]

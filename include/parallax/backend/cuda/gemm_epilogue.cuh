@@ -11,13 +11,12 @@
 #include "../../core/dtype.hpp"
 #include "../../core/view.hpp"
 #include "../epilogue.hpp"
-#include "../host/activation.hpp"
 #include "../trans.hpp"
 #include "activation.cuh"
 #include "check.hpp"
 #include "context.hpp"
 #include "cublaslt.hpp"
-#include "detail/grid.cuh"
+#include "detail/gemm_epilogue_kernels.cuh"
 #include "detail/kernel_args.hpp"
 #include "detail/scratch.hpp"
 #include "elementwise.cuh"
@@ -27,18 +26,6 @@
 namespace parallax::cuda {
 
 namespace detail {
-
-//! The unfused epilogue of `gemm_bias_act`, after a plain GEMM into c [count / n, n]: v = c + bias, pre = v, c =
-//! act(v), each part when asked for.
-template <class T>
-__global__ void bias_act_kernel(T* c, const T* bias, T* pre, bool gelu, std::int64_t count, std::int64_t n) {
-  for (std::int64_t i = grid_index(); i < count; i += grid_stride()) {
-    float v = float(c[i]);
-    if (bias != nullptr) v += float(bias[i % n]);
-    if (pre != nullptr) pre[i] = T(v);
-    c[i] = T(gelu ? host::detail::gelu(v) : v);
-  }
-}
 
 //! Whether cuBLASLt may run a GELU epilogue on T: its GELU and GELU gradient are made for 16-bit training, so fp32
 //! (the reference precision, held to 1e-5 of the host backend) takes them only when the context allows TF32.

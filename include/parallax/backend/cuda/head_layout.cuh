@@ -13,8 +13,7 @@
 #include "../host/attention.hpp"
 #include "check.hpp"
 #include "context.hpp"
-#include "detail/grid.cuh"
-#include "detail/head_offset.hpp"
+#include "detail/head_layout_kernels.cuh"
 #include "detail/kernel_args.hpp"
 #include "elementwise.cuh"
 #include "memory.hpp"
@@ -25,23 +24,6 @@ namespace detail {
 
 // The shape checks are the host kernels' (same messages).
 using host::detail::expect_head_layout;
-
-//! Moves unit u of the packed operand to or from its place in the head-major operands (`head_unit_offset`), for
-//! every u < total. `Unit` is a 16-byte chunk when every row of Dh elements is made of whole aligned chunks, else
-//! one element; the section's pointer is chosen by value, not by indexing an array (which would live in local memory).
-template <bool ToHeads, class Unit, class Index>
-__global__ void head_layout_kernel(Unit* packed, Unit* q, Unit* k, Unit* v, HeadDims d, Index units, Index total) {
-  const auto stride = static_cast<Index>(gridDim.x) * blockDim.x;
-  for (Index u = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; u < total; u += stride) {
-    int s = 0;
-    const Index o = head_unit_offset(u, units, d, s);
-    Unit* head = s == 0 ? q : s == 1 ? k : v;
-    if constexpr (ToHeads)
-      head[o] = packed[u];
-    else
-      packed[u] = head[o];
-  }
-}
 
 //! One layout copy between the packed operand ([T, B, sections * H * Dh], `packed_elements` elements) and the
 //! head-major operands (q; k and v for three sections), on the compute stream: 16 bytes a thread where the rows

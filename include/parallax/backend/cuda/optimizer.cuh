@@ -1,8 +1,6 @@
 // parallax/backend/cuda/optimizer.cuh — fused SGD and Adam(W) update kernels like host::Optimizer (nvcc).
 #pragma once
 
-#include <cstdint>
-
 #include <cuda_runtime.h>
 
 #include "../../core/dtype.hpp"
@@ -10,27 +8,11 @@
 #include "../optimizer_args.hpp"
 #include "check.hpp"
 #include "context.hpp"
-#include "detail/grid.cuh"
+#include "detail/optimizer_kernels.cuh"
 #include "elementwise.cuh"
 #include "memory.hpp"
 
 namespace parallax::cuda {
-
-namespace detail {
-
-template <class G>
-__global__ void sgd_step_kernel(SgdArgs args, float* w, const G* g, float* buf, std::int64_t n) {
-  for (std::int64_t i = grid_index(); i < n; i += grid_stride())
-    parallax::detail::sgd_update(args, w[i], float(g[i]), buf != nullptr ? buf + i : nullptr);
-}
-
-template <class G>
-__global__ void adam_step_kernel(AdamArgs args, float* w, const G* g, float* m, float* v, std::int64_t n) {
-  for (std::int64_t i = grid_index(); i < n; i += grid_stride())
-    parallax::detail::adam_update(args, w[i], float(g[i]), m[i], v[i]);
-}
-
-}  // namespace detail
 
 //! Optimizer kernels of the CUDA backend, queued on the context's compute stream: one fused elementwise
 //! kernel per tensor that reads the gradient (fp32, bf16 or fp16) and the fp32 state once and writes the

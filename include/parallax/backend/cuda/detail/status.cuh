@@ -1,26 +1,16 @@
-// parallax/backend/cuda/detail/status.cuh — what a kernel reports back to the host: the first bad index and a count.
+// parallax/backend/cuda/detail/status.cuh — resetting and reading back the status kernels report (KernelStatus).
 #pragma once
 
-#include <cstdint>
 #include <cstring>
 
 #include <cuda_runtime.h>
 
 #include "../check.hpp"
 #include "../context.hpp"
+#include "status_kernels.cuh"
 
 namespace parallax::cuda::detail {
 
-//! What a validating or counting kernel reports: the smallest index of an invalid input (`none` when all
-//! are valid) and a count (e.g. of rows not ignored). Both are integers, so the atomics that form them give
-//! the same result in any order. It lives in the context's reduction scratch.
-struct KernelStatus {
-  static constexpr unsigned long long none = ~0ull;
-  unsigned long long first_bad;
-  unsigned long long count;
-
-  [[nodiscard]] bool ok() const noexcept { return first_bad == none; }
-};
 static_assert(sizeof(KernelStatus) <= reduce_scratch_bytes && sizeof(KernelStatus) <= reduce_result_bytes,
               "cuda::detail::KernelStatus must fit the context's reduction scratch and result slot");
 
@@ -39,11 +29,6 @@ static_assert(sizeof(KernelStatus) <= reduce_scratch_bytes && sizeof(KernelStatu
   KernelStatus result;
   std::memcpy(&result, ctx.reduce_result(), sizeof result);
   return result;
-}
-
-//! Records index `i` as invalid (the smallest one wins).
-__device__ inline void report_bad(KernelStatus* s, std::int64_t i) {
-  atomicMin(&s->first_bad, static_cast<unsigned long long>(i));
 }
 
 }  // namespace parallax::cuda::detail

@@ -1,0 +1,139 @@
+// The CUDA SIMT attention kernels (detail/attention_kernels.cuh), run by the SIMT emulator with the launcher's
+// geometry and dynamic shared memory, against host::Attention: the causal forward (out and lse), the delta kernel
+// (D = rowsum(dout o out)) and the backward's dq and dk / dv kernels from the forward's out and lse. Head dims below,
+// at and above a warp's 32 lanes up to the kernels' maximum, and 0 (the forward still writes lse); sequence lengths
+// that are not multiples of the 8-row block tiles or the 32-row streamed tiles; several (batch, head) pairs.
+// (The tensor-core kernels of flash_attention.cuh are inline PTX, which the emulator does not run.)
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <parallax/backend/cuda/detail/attention_kernels.cuh>
+#include <parallax/backend/cuda/detail/elementwise_kernels.cuh>
+#include <parallax/backend/host/attention.hpp>
+#include <parallax/core/bf16.hpp>
+
+#include "support.hpp"
+
+namespace {
+
+namespace px = parallax;
+namespace cd = parallax::cuda::detail;
+namespace simt = parallax::simt;
+using px::Shape;
+using px::test::bit_differences;
+using px::test::check_close;
+using px::test::cview;
+using px::test::emulated::Buffer;
+using px::test::values;
+using px::test::view;
+using i64 = std::int64_t;
+
+//! The grid of cuda::detail::elementwise_blocks on the emulated GPU.
+unsigned elementwise_blocks(i64 n) {
+  return static_cast<unsigned>(std::min<i64>((n + cd::elementwise_threads - 1) / cd::elementwise_threads,
+                                             i64{px::test::emulated::sm_count} * 16));
+}
+
+//! delta[r] = dout[r] . out[r] over rows of dh > 0 features, summed in feature order.
+template <class T>
+std::vector<float> reference_delta(const std::vector<T>& out, const std::vector<T>& dout, i64 dh) {
+  const auto n = static_cast<std::size_t>(dh);
+  std::vector<float> delta(out.size() / n, 0.f);
+  for (std::size_t r = 0; r < delta.size(); ++r)
+    for (std::size_t i = 0; i < n; ++i) delta[r] += float(dout[r * n + i]) * float(out[r * n + i]);
+  return delta;
+}
+
+//! A SIMT attention kernel as cuda::detail::launch_attention launches it: (B * H) x (tiles of attn_warps rows)
+//! blocks of attn_warps warps, `floats` of dynamic shared memory, the arguments followed by nt, tiles, dh, scale.
+template <class... P, class... A>
+void launch_attention(const char* name, void (*kernel)(P...), i64 heads, i64 nt, int dh, float scale,
+                      std::size_t floats, A... args) {
+  const i64 tiles = (nt + cd::attn_warps - 1) / cd::attn_warps;
+  simt::launch(name, kernel, dim3(static_cast<unsigned>(heads * tiles)), dim3(cd::attn_warps * 32),
+               floats * sizeof(float), args..., nt, tiles, dh, scale);
+}
+
+//! Causal attention over `heads` = B * H heads of nt rows of dh features: the forward, then the backward from the
+//! forward's out and lse (the host's, so both backwards start from the same bits).
+template <class T>
+void check_attention(i64 nb, i64 nh, i64 nt, i64 dh) {
+  INFO("B " << nb << ", H " << nh << ", T " << nt << ", Dh " << dh);
+  const i64 heads = nb * nh;
+  const Shape s{nb, nh, nt, dh}, ls{nb, nh, nt};
+  const float scale = dh > 0 ? 1.f / std::sqrt(float(dh)) : 1.f;
+  const auto q = values<T>(s.numel(), 1, 2.f), k = values<T>(s.numel(), 2, 2.f), v = values<T>(s.numel(), 3);
+  const auto dout = values<T>(s.numel(), 4);
+  const px::host::Context ctx;
+  std::vector<T> out(q.size());
+  std::vector<float> lse(static_cast<std::size_t>(ls.numel()));
+  px::host::Attention::attention_forward<T>(ctx, cview(q, s), cview(k, s), cview(v, s), view(out, s), view(lse, ls),
+                                            scale);
+
+  const int d = static_cast<int>(dh);
+  Buffer<T> bq(q), bk(k), bv(v), bout = Buffer<T>::output(out.size());
+  Buffer<float> blse = Buffer<float>::output(lse.size());
+  const auto forward_floats =
+      static_cast<std::size_t>(cd::attn_tile * cd::padded(d) + cd::attn_tile * d + cd::attn_warps * d);
+  launch_attention("attention_forward", cd::attention_forward_kernel<T>, heads, nt, d, scale, forward_floats,
+                   bq.data(), bk.data(), bv.data(), bout.data(), blse.data());
+  check_close(bout.values(), out, "out");  // an online softmax: the host's values up to rounding
+  check_close(blse.values(), lse, "lse");
+  CHECK((bout.guards_intact() && blse.guards_intact()));
+  if (dh == 0) return;  // the launcher runs no backward kernel then
+
+  std::vector<T> dq(q.size()), dk(q.size()), dv(q.size());
+  px::host::Attention::attention_backward<T>(ctx, cview(q, s), cview(k, s), cview(v, s), cview(out, s),
+                                             cview(dout, s), cview(lse, ls), scale, view(dq, s), view(dk, s),
+                                             view(dv, s));
+  const std::vector<float> delta = reference_delta(out, dout, dh);
+
+  Buffer<T> bo(out), bdout(dout);
+  Buffer<float> bdelta = Buffer<float>::output(delta.size()), bhost_lse(lse);
+  simt::launch("attention_delta", cd::attention_delta_kernel<T>, dim3(elementwise_blocks(heads * nt)),
+               dim3(cd::elementwise_threads), 0, bo.data(), bdout.data(), bdelta.data(), heads * nt, d);
+  CHECK(bit_differences(bdelta.values(), delta) == 0);
+  CHECK(bdelta.guards_intact());
+
+  Buffer<T> bdq = Buffer<T>::output(dq.size()), bdk = Buffer<T>::output(dk.size()), bdv = Buffer<T>::output(dv.size());
+  const auto backward_floats =
+      static_cast<std::size_t>(2 * cd::attn_tile * cd::padded(d) + 2 * cd::attn_warps * d + 2 * cd::attn_tile);
+  launch_attention("attention_dq", cd::attention_dq_kernel<T>, heads, nt, d, scale, backward_floats, bq.data(),
+                   bk.data(), bv.data(), bdout.data(), bhost_lse.data(), bdelta.data(), bdq.data());
+  launch_attention("attention_dkdv", cd::attention_dkdv_kernel<T>, heads, nt, d, scale, backward_floats, bq.data(),
+                   bk.data(), bv.data(), bdout.data(), bhost_lse.data(), bdelta.data(), bdk.data(), bdv.data());
+  check_close(bdq.values(), dq, "dq");
+  check_close(bdk.values(), dk, "dk");
+  check_close(bdv.values(), dv, "dv");
+  CHECK((bdq.guards_intact() && bdk.guards_intact() && bdv.guards_intact()));
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("emulated CUDA SIMT attention equals host::Attention", "[simt][attention]", float, px::bf16) {
+  check_attention<TestType>(2, 1, 9, 7);    // two heads; the second block tile has one query row
+  check_attention<TestType>(1, 2, 12, 32);  // Dh of one full warp
+  check_attention<TestType>(1, 1, 37, 45);  // two streamed tiles, the last of 5 rows; two features a lane
+  check_attention<TestType>(1, 1, 70, 33);  // three streamed tiles: key blocks past the first query tile
+  check_attention<TestType>(1, 1, 5, cd::attn_max_head_dim);
+  check_attention<TestType>(1, 2, 6, 0);  // no features: lse = log(t + 1)
+}
+
+TEMPLATE_TEST_CASE("emulated CUDA attention delta equals dout . out", "[simt][attention]", float, px::bf16) {
+  // More rows than the grid's 32 blocks of 256 threads: the grid-stride loop wraps.
+  const i64 rows = 8300, dh = 3;
+  const auto out = values<TestType>(rows * dh, 5), dout = values<TestType>(rows * dh, 6);
+  const std::vector<float> want = reference_delta(out, dout, dh);
+  Buffer<TestType> bo(out), bdout(dout);
+  Buffer<float> delta = Buffer<float>::output(want.size());
+  simt::launch("attention_delta", cd::attention_delta_kernel<TestType>, dim3(elementwise_blocks(rows)),
+               dim3(cd::elementwise_threads), 0, bo.data(), bdout.data(), delta.data(), rows, static_cast<int>(dh));
+  CHECK(bit_differences(delta.values(), want) == 0);
+  CHECK(delta.guards_intact());
+}
