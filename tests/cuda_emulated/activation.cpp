@@ -29,15 +29,10 @@ using px::Trans;
 using px::test::check_close;
 using px::test::cview;
 using px::test::emulated::Buffer;
+using px::test::emulated::sm_count;
 using px::test::values;
 using px::test::view;
 using i64 = std::int64_t;
-
-//! Blocks of an elementwise launch on the emulated GPU, as cuda::detail::elementwise_blocks sizes them.
-unsigned elementwise_blocks(i64 n) {
-  return static_cast<unsigned>(std::min<i64>((n + cd::elementwise_threads - 1) / cd::elementwise_threads,
-                                             i64{px::test::emulated::sm_count} * 16));
-}
 
 //! y = gelu(x), into a separate buffer or in place (`y` may alias `x`).
 template <class T>
@@ -49,8 +44,8 @@ void check_gelu_forward(i64 n, bool in_place) {
   px::host::Activation::gelu_forward(ctx, cview(x), view(want));
   Buffer<T> bx(x), by = Buffer<T>::output(x.size());
   Buffer<T>& out = in_place ? bx : by;
-  simt::launch("gelu_forward", cd::gelu_forward_kernel<T>, dim3(elementwise_blocks(n)), dim3(cd::elementwise_threads),
-               0, bx.data(), out.data(), n);
+  simt::launch("gelu_forward", cd::gelu_forward_kernel<T>, dim3(cd::elementwise_blocks(n, sm_count)),
+               dim3(cd::elementwise_threads), 0, bx.data(), out.data(), n);
   check_close(out.values(), want, "y");
   CHECK((bx.guards_intact() && by.guards_intact()));
 }
@@ -65,7 +60,7 @@ void check_gelu_backward(i64 n, bool over_dy) {
   px::host::Activation::gelu_backward(ctx, cview(x), cview(dy), view(want));
   Buffer<T> bx(x), bdy(dy), bdx = Buffer<T>::output(x.size());
   Buffer<T>& out = over_dy ? bdy : bdx;
-  simt::launch("gelu_backward", cd::gelu_backward_kernel<T>, dim3(elementwise_blocks(n)),
+  simt::launch("gelu_backward", cd::gelu_backward_kernel<T>, dim3(cd::elementwise_blocks(n, sm_count)),
                dim3(cd::elementwise_threads), 0, bx.data(), bdy.data(), out.data(), n);
   check_close(out.values(), want, "dx");
   CHECK((bx.guards_intact() && bdy.guards_intact() && bdx.guards_intact()));
@@ -88,8 +83,9 @@ void check_bias_act(i64 m, i64 n, i64 k, bool bias, bool gelu, bool pre) {
   px::host::Gemm::gemm(ctx, Trans::N, Trans::N, 1.f, cview(a, {m, k}), cview(b, {k, n}), 0.f, view(product, {m, n}));
 
   Buffer<T> c(product), bb(bv), bpre = Buffer<T>::output(want.size());
-  simt::launch("bias_act", cd::bias_act_kernel<T>, dim3(elementwise_blocks(m * n)), dim3(cd::elementwise_threads), 0,
-               c.data(), bias ? bb.data() : nullptr, pre ? bpre.data() : nullptr, gelu, m * n, n);
+  simt::launch("bias_act", cd::bias_act_kernel<T>, dim3(cd::elementwise_blocks(m * n, sm_count)),
+               dim3(cd::elementwise_threads), 0, c.data(), bias ? bb.data() : nullptr, pre ? bpre.data() : nullptr,
+               gelu, m * n, n);
   check_close(c.values(), want, "c");
   if (pre) check_close(bpre.values(), want_pre, "pre");
   CHECK((c.guards_intact() && bpre.guards_intact()));

@@ -30,15 +30,10 @@ using px::test::bit_differences;
 using px::test::check_close;
 using px::test::cview;
 using px::test::emulated::Buffer;
+using px::test::emulated::sm_count;
 using px::test::values;
 using px::test::view;
 using i64 = std::int64_t;
-
-//! The grid of cuda::detail::elementwise_blocks on the emulated GPU.
-unsigned elementwise_blocks(i64 n) {
-  return static_cast<unsigned>(std::min<i64>((n + cd::elementwise_threads - 1) / cd::elementwise_threads,
-                                             i64{px::test::emulated::sm_count} * 16));
-}
 
 //! delta[r] = dout[r] . out[r] over rows of dh > 0 features, summed in feature order.
 template <class T>
@@ -96,7 +91,7 @@ void check_attention(i64 nb, i64 nh, i64 nt, i64 dh) {
 
   Buffer<T> bo(out), bdout(dout);
   Buffer<float> bdelta = Buffer<float>::output(delta.size()), bhost_lse(lse);
-  simt::launch("attention_delta", cd::attention_delta_kernel<T>, dim3(elementwise_blocks(heads * nt)),
+  simt::launch("attention_delta", cd::attention_delta_kernel<T>, dim3(cd::elementwise_blocks(heads * nt, sm_count)),
                dim3(cd::elementwise_threads), 0, bo.data(), bdout.data(), bdelta.data(), heads * nt, d);
   CHECK(bit_differences(bdelta.values(), delta) == 0);
   CHECK(bdelta.guards_intact());
@@ -132,7 +127,7 @@ TEMPLATE_TEST_CASE("emulated CUDA attention delta equals dout . out", "[simt][at
   const std::vector<float> want = reference_delta(out, dout, dh);
   Buffer<TestType> bo(out), bdout(dout);
   Buffer<float> delta = Buffer<float>::output(want.size());
-  simt::launch("attention_delta", cd::attention_delta_kernel<TestType>, dim3(elementwise_blocks(rows)),
+  simt::launch("attention_delta", cd::attention_delta_kernel<TestType>, dim3(cd::elementwise_blocks(rows, sm_count)),
                dim3(cd::elementwise_threads), 0, bo.data(), bdout.data(), delta.data(), rows, static_cast<int>(dh));
   CHECK(bit_differences(delta.values(), want) == 0);
   CHECK(delta.guards_intact());

@@ -29,6 +29,8 @@ using px::test::bit_differences;
 using px::test::check_close;
 using px::test::cview;
 using px::test::emulated::Buffer;
+using px::test::emulated::fresh_status;
+using px::test::emulated::sm_count;
 using px::test::values;
 using px::test::view;
 using i64 = std::int64_t;
@@ -36,14 +38,6 @@ using i64 = std::int64_t;
 constexpr std::int32_t ignore = -100;
 
 //! The status as cuda::detail::reset_status leaves it: no bad index, a count of 0.
-Buffer<cd::KernelStatus> fresh_status() { return Buffer(std::vector{cd::KernelStatus{cd::KernelStatus::none, 0}}); }
-
-//! The grid of cuda::detail::elementwise_blocks on the emulated GPU.
-unsigned elementwise_blocks(i64 n) {
-  return static_cast<unsigned>(std::min<i64>((n + cd::elementwise_threads - 1) / cd::elementwise_threads,
-                                             i64{px::test::emulated::sm_count} * 16));
-}
-
 //! Targets in [0, vocab), every fifth row (and every row of an empty vocabulary) ignore_index.
 std::vector<std::int32_t> targets(i64 n, i64 vocab) {
   std::vector<std::int32_t> y(static_cast<std::size_t>(n));
@@ -145,7 +139,7 @@ std::vector<float> emulated_target_logit(const std::vector<T>& z, const std::vec
   Buffer<std::int32_t> by(y);
   Buffer<float> out = Buffer<float>::output(want.size());
   Buffer<cd::KernelStatus> status = fresh_status();
-  simt::launch("ce_target_logit", cd::ce_target_logit_kernel<T>, dim3(elementwise_blocks(n)),
+  simt::launch("ce_target_logit", cd::ce_target_logit_kernel<T>, dim3(cd::elementwise_blocks(n, sm_count)),
                dim3(cd::elementwise_threads), 0, bz.data(), by.data(), n, v, vb, ignore, out.data(), status.data());
   CHECK(status.values()[0].ok());
   CHECK(bit_differences(out.values(), want) == 0);  // one logit, copied, or 0
@@ -165,10 +159,9 @@ void check_combine(const std::vector<float>& row_max, const std::vector<float>& 
   Buffer<std::int32_t> by(y);
   Buffer<float> blosses = Buffer<float>::output(y.size()), blse = Buffer<float>::output(y.size());
   Buffer<cd::KernelStatus> status = fresh_status();
-  const auto blocks = static_cast<unsigned>(
-      std::min<i64>((n + cd::ce_threads - 1) / cd::ce_threads, i64{px::test::emulated::sm_count} * 4));
-  simt::launch("ce_combine", cd::ce_combine_kernel<std::int32_t>, dim3(blocks), dim3(cd::ce_threads), 0, bmax.data(),
-               bsum.data(), btl.data(), by.data(), ignore, blosses.data(), blse.data(), n, status.data());
+  simt::launch("ce_combine", cd::ce_combine_kernel<std::int32_t>, dim3(cd::ce_combine_blocks(n, sm_count)),
+               dim3(cd::ce_threads), 0, bmax.data(), bsum.data(), btl.data(), by.data(), ignore, blosses.data(),
+               blse.data(), n, status.data());
   CHECK(status.values()[0].count == static_cast<unsigned long long>(valid));
   check_close(blosses.values(), losses, "losses");
   check_close(blse.values(), lse, "lse");
@@ -298,7 +291,7 @@ TEST_CASE("emulated CUDA cross-entropy kernels report the first invalid target",
     Buffer<float> bz(z), out = Buffer<float>::output(static_cast<std::size_t>(n));
     Buffer<std::int32_t> by(y);
     Buffer<cd::KernelStatus> status = fresh_status();
-    simt::launch("ce_target_logit", cd::ce_target_logit_kernel<float>, dim3(elementwise_blocks(n)),
+    simt::launch("ce_target_logit", cd::ce_target_logit_kernel<float>, dim3(cd::elementwise_blocks(n, sm_count)),
                  dim3(cd::elementwise_threads), 0, bz.data(), by.data(), n, v, i64{0}, ignore, out.data(),
                  status.data());
     const cd::KernelStatus s = status.values()[0];

@@ -28,6 +28,7 @@ namespace simt = parallax::simt;
 using px::test::bit_differences;
 using px::test::cview;
 using px::test::emulated::Buffer;
+using px::test::emulated::sm_count;
 using px::test::quarters;
 using px::test::values;
 using px::test::view;
@@ -36,12 +37,6 @@ using i64 = std::int64_t;
 //! Element counts: one, below a block, a block, not a multiple of it, and more than the 32 blocks' threads of the
 //! emulated GPU's elementwise grid (the grid-stride loops wrap).
 constexpr i64 sizes[] = {1, 37, 256, 1000, 9000};
-
-//! Blocks of an elementwise launch on the emulated GPU, as cuda::detail::elementwise_blocks sizes them.
-unsigned elementwise_blocks(i64 n) {
-  return static_cast<unsigned>(std::min<i64>((n + cd::elementwise_threads - 1) / cd::elementwise_threads,
-                                             i64{px::test::emulated::sm_count} * 16));
-}
 
 //! `values` with non-finite and signed-zero elements every few positions.
 template <class T>
@@ -59,8 +54,8 @@ void check_fill(i64 n) {
   std::vector<T> want(static_cast<std::size_t>(n));
   px::host::Elementwise::fill(ctx, view(want), -0.3f);
   Buffer<T> x = Buffer<T>::output(want.size());
-  simt::launch("fill", cd::fill_kernel<T>, dim3(elementwise_blocks(n)), dim3(cd::elementwise_threads), 0, x.data(),
-               n, T(-0.3f));
+  simt::launch("fill", cd::fill_kernel<T>, dim3(cd::elementwise_blocks(n, sm_count)), dim3(cd::elementwise_threads), 0,
+               x.data(), n, T(-0.3f));
   CHECK(bit_differences(x.values(), want) == 0);
   CHECK(x.guards_intact());
 }
@@ -73,8 +68,8 @@ void check_cast(i64 n) {
   px::host::Elementwise::cast(ctx, cview(src), view(want));
   Buffer<S> bsrc(src);
   Buffer<D> dst = Buffer<D>::output(want.size());
-  simt::launch("cast", cd::cast_kernel<S, D>, dim3(elementwise_blocks(n)), dim3(cd::elementwise_threads), 0,
-               bsrc.data(), dst.data(), n);
+  simt::launch("cast", cd::cast_kernel<S, D>, dim3(cd::elementwise_blocks(n, sm_count)), dim3(cd::elementwise_threads),
+               0, bsrc.data(), dst.data(), n);
   CHECK(bit_differences(dst.values(), want) == 0);  // one conversion, rounded to nearest even
   CHECK(dst.guards_intact());
 }
@@ -86,8 +81,8 @@ void check_scale(i64 n) {
   Buffer<T> x(want);
   const px::host::Context ctx;
   px::host::Elementwise::scale(ctx, view(want), -1.7f);
-  simt::launch("scale", cd::scale_kernel<T>, dim3(elementwise_blocks(n)), dim3(cd::elementwise_threads), 0, x.data(),
-               n, -1.7f);
+  simt::launch("scale", cd::scale_kernel<T>, dim3(cd::elementwise_blocks(n, sm_count)), dim3(cd::elementwise_threads),
+               0, x.data(), n, -1.7f);
   CHECK(bit_differences(x.values(), want) == 0);
   CHECK(x.guards_intact());
 }
@@ -102,8 +97,8 @@ void check_axpby(i64 n, float b) {
   Buffer<T> y(want);
   const px::host::Context ctx;
   px::host::Elementwise::axpby(ctx, 0.7f, cview(x), b, view(want));
-  simt::launch("axpby", cd::axpby_kernel<T, S>, dim3(elementwise_blocks(n)), dim3(cd::elementwise_threads), 0, 0.7f,
-               bx.data(), b, y.data(), n);
+  simt::launch("axpby", cd::axpby_kernel<T, S>, dim3(cd::elementwise_blocks(n, sm_count)),
+               dim3(cd::elementwise_threads), 0, 0.7f, bx.data(), b, y.data(), n);
   CHECK(bit_differences(y.values(), want) == 0);  // separate multiplies and adds, as the host's
   CHECK(y.guards_intact());
 }
@@ -116,8 +111,8 @@ void check_add_bias(i64 n, i64 d) {
   Buffer<T> bb(bias), y(want);
   const px::host::Context ctx;
   px::host::Elementwise::add_bias(ctx, cview(bias), view(want, {n, d}));
-  simt::launch("add_bias", cd::add_bias_kernel<T>, dim3(elementwise_blocks(n * d)), dim3(cd::elementwise_threads), 0,
-               bb.data(), y.data(), n * d, d);
+  simt::launch("add_bias", cd::add_bias_kernel<T>, dim3(cd::elementwise_blocks(n * d, sm_count)),
+               dim3(cd::elementwise_threads), 0, bb.data(), y.data(), n * d, d);
   CHECK(bit_differences(y.values(), want) == 0);
   CHECK(y.guards_intact());
 }

@@ -29,19 +29,13 @@ using px::host::Embedding;
 using px::test::bit_differences;
 using px::test::cview;
 using px::test::emulated::Buffer;
+using px::test::emulated::fresh_status;
+using px::test::emulated::sm_count;
 using px::test::values;
 using px::test::view;
 using i64 = std::int64_t;
 
 //! The status as cuda::detail::reset_status leaves it: no bad index, a count of 0.
-Buffer<cd::KernelStatus> fresh_status() { return Buffer(std::vector{cd::KernelStatus{cd::KernelStatus::none, 0}}); }
-
-//! The grid of cuda::detail::elementwise_blocks on the emulated GPU.
-unsigned elementwise_blocks(i64 n) {
-  return static_cast<unsigned>(std::min<i64>((n + cd::elementwise_threads - 1) / cd::elementwise_threads,
-                                             i64{px::test::emulated::sm_count} * 16));
-}
-
 //! n ids in [0, vocab), with repeats.
 std::vector<std::int32_t> ids(i64 n, i64 vocab) {
   std::vector<std::int32_t> out(static_cast<std::size_t>(n));
@@ -86,7 +80,7 @@ void check_backward(i64 n, i64 v, i64 d, i64 vb, i64 vocab) {
   const auto skip = static_cast<std::uint32_t>(std::min<i64>(v, i64{1} << 31));
   Buffer<std::int32_t> bids(x), bpositions = Buffer<std::int32_t>::output(x.size());
   Buffer<std::uint32_t> bkeys = Buffer<std::uint32_t>::output(x.size());
-  simt::launch("embedding_keys", cd::embedding_keys_kernel<std::int32_t>, dim3(elementwise_blocks(n)),
+  simt::launch("embedding_keys", cd::embedding_keys_kernel<std::int32_t>, dim3(cd::elementwise_blocks(n, sm_count)),
                dim3(cd::elementwise_threads), 0, bids.data(), n, v, vb, skip, bkeys.data(), bpositions.data());
   std::vector<std::uint32_t> want_keys;
   for (const std::int32_t id : x) {
@@ -113,9 +107,9 @@ void check_backward(i64 n, i64 v, i64 d, i64 vb, i64 vocab) {
   Buffer<std::int32_t> bsorted_positions(positions);
   Buffer<T> bdout(dout);
   Buffer<G> bdtable(dtable0);
-  const auto blocks = static_cast<unsigned>(std::min<i64>(n, i64{px::test::emulated::sm_count} * 16));
-  simt::launch("embedding_backward", cd::embedding_backward_kernel<T, G>, dim3(blocks), dim3(cd::embedding_threads),
-               0, bsorted_keys.data(), bsorted_positions.data(), bdout.data(), bdtable.data(), n, d, skip);
+  simt::launch("embedding_backward", cd::embedding_backward_kernel<T, G>,
+               dim3(cd::embedding_backward_blocks(n, sm_count)), dim3(cd::embedding_threads), 0, bsorted_keys.data(),
+               bsorted_positions.data(), bdout.data(), bdtable.data(), n, d, skip);
   CHECK(bit_differences(bdtable.values(), dtable) == 0);  // each run summed in fp32 in position order, as the host
   CHECK(bdtable.guards_intact());
 }
@@ -126,7 +120,7 @@ void check_position_ids(i64 n, i64 first, i64 batch) {
   std::vector<std::int32_t> want(static_cast<std::size_t>(n));
   Embedding::position_ids(ctx, view(want), first, batch);
   Buffer<std::int32_t> out = Buffer<std::int32_t>::output(want.size());
-  simt::launch("position_ids", cd::position_ids_kernel<std::int32_t>, dim3(elementwise_blocks(n)),
+  simt::launch("position_ids", cd::position_ids_kernel<std::int32_t>, dim3(cd::elementwise_blocks(n, sm_count)),
                dim3(cd::elementwise_threads), 0, out.data(), n, first, batch);
   CHECK(out.values() == want);
   CHECK(out.guards_intact());

@@ -29,20 +29,10 @@ using px::Shape;
 using px::test::bit_differences;
 using px::test::cview;
 using px::test::emulated::Buffer;
+using px::test::emulated::sm_count;
 using px::test::values;
 using px::test::view;
 using i64 = std::int64_t;
-
-//! CUDA's uint4, which the emulator does not define: the launcher's unit for rows of whole aligned 16-byte chunks.
-struct alignas(16) Uint4 {
-  std::uint32_t x, y, z, w;
-};
-
-//! The grid of cuda::detail::elementwise_blocks on the emulated GPU.
-unsigned elementwise_blocks(i64 n) {
-  return static_cast<unsigned>(std::min<i64>((n + cd::elementwise_threads - 1) / cd::elementwise_threads,
-                                             i64{px::test::emulated::sm_count} * 16));
-}
 
 //! One layout copy as cuda::detail::copy_layout queues it, with offsets of type Index: the unit is a 16-byte chunk
 //! when every row of Dh elements is whole chunks and every operand is 16-byte aligned, else one element.
@@ -55,13 +45,13 @@ bool copy_layout(T* packed, T* q, T* k, T* v, cd::HeadDims d, i64 packed_element
   const auto run = [&]<class Unit>(std::type_identity<Unit>) {
     const i64 units = d.dh * static_cast<i64>(sizeof(T)) / static_cast<i64>(sizeof(Unit));
     const i64 total = packed_elements / d.dh * units;
-    simt::launch("head_layout", cd::head_layout_kernel<ToHeads, Unit, Index>, dim3(elementwise_blocks(total)),
-                 dim3(cd::elementwise_threads), 0, reinterpret_cast<Unit*>(packed), reinterpret_cast<Unit*>(q),
-                 reinterpret_cast<Unit*>(k), reinterpret_cast<Unit*>(v), d, static_cast<Index>(units),
-                 static_cast<Index>(total));
+    simt::launch("head_layout", cd::head_layout_kernel<ToHeads, Unit, Index>,
+                 dim3(cd::elementwise_blocks(total, sm_count)), dim3(cd::elementwise_threads), 0,
+                 reinterpret_cast<Unit*>(packed), reinterpret_cast<Unit*>(q), reinterpret_cast<Unit*>(k),
+                 reinterpret_cast<Unit*>(v), d, static_cast<Index>(units), static_cast<Index>(total));
   };
   if (chunks)
-    run(std::type_identity<Uint4>{});
+    run(std::type_identity<uint4>{});
   else
     run(std::type_identity<T>{});
   return chunks;

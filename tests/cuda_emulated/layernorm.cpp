@@ -59,7 +59,8 @@ void check_forward(i64 n, i64 d, bool residual) {
 template <class T>
 void check_backward(i64 n, i64 d, bool residual) {
   INFO("n " << n << ", d " << d << (residual ? ", with the residual gradient" : ""));
-  const auto x = values<T>(n * d, 5, 2.f), gamma = values<T>(d, 6), dyv = values<T>(n * d, 7), dres = values<T>(n * d, 8);
+  const auto x = values<T>(n * d, 5, 2.f), gamma = values<T>(d, 6), dyv = values<T>(n * d, 7),
+             dres = values<T>(n * d, 8);
   const auto beta = values<T>(d, 9);
   const px::host::Context ctx;
   std::vector<T> y(static_cast<std::size_t>(n * d));

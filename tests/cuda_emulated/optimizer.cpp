@@ -24,6 +24,7 @@ namespace simt = parallax::simt;
 using px::test::bit_differences;
 using px::test::cview;
 using px::test::emulated::Buffer;
+using px::test::emulated::sm_count;
 using px::test::values;
 using px::test::view;
 using i64 = std::int64_t;
@@ -33,12 +34,6 @@ constexpr int steps = 2;
 //! Element counts: one, below a block, and more than the 32 blocks' threads of the emulated GPU's elementwise grid
 //! (not a multiple of them: the grid-stride loop wraps for some threads only).
 constexpr i64 sizes[] = {1, 37, 9000};
-
-//! Blocks of an elementwise launch on the emulated GPU, as cuda::detail::elementwise_blocks sizes them.
-unsigned elementwise_blocks(i64 n) {
-  return static_cast<unsigned>(std::min<i64>((n + cd::elementwise_threads - 1) / cd::elementwise_threads,
-                                             i64{px::test::emulated::sm_count} * 16));
-}
 
 template <class G>
 void check_sgd(i64 n, const px::SgdArgs& args) {
@@ -52,8 +47,8 @@ void check_sgd(i64 n, const px::SgdArgs& args) {
     const std::vector<G> g = values<G>(n, static_cast<std::uint64_t>(10 + step), 3.f);
     px::host::Optimizer::sgd_step(ctx, args, view(w), cview(g), view(buf));
     Buffer<G> bg(g);
-    simt::launch("sgd_step", cd::sgd_step_kernel<G>, dim3(elementwise_blocks(n)), dim3(cd::elementwise_threads), 0,
-                 args, bw.data(), bg.data(), with_buffer ? bbuf.data() : nullptr, n);
+    simt::launch("sgd_step", cd::sgd_step_kernel<G>, dim3(cd::elementwise_blocks(n, sm_count)),
+                 dim3(cd::elementwise_threads), 0, args, bw.data(), bg.data(), with_buffer ? bbuf.data() : nullptr, n);
   }
   CHECK(bit_differences(bw.values(), w) == 0);
   CHECK(bit_differences(bbuf.values(), buf) == 0);
@@ -74,8 +69,8 @@ void check_adam(i64 n, px::AdamArgs args) {
     const std::vector<G> g = values<G>(n, static_cast<std::uint64_t>(20 + step), 3.f);
     px::host::Optimizer::adam_step(ctx, args, view(w), cview(g), view(m), view(v));
     Buffer<G> bg(g);
-    simt::launch("adam_step", cd::adam_step_kernel<G>, dim3(elementwise_blocks(n)), dim3(cd::elementwise_threads), 0,
-                 args, bw.data(), bg.data(), bm.data(), bv.data(), n);
+    simt::launch("adam_step", cd::adam_step_kernel<G>, dim3(cd::elementwise_blocks(n, sm_count)),
+                 dim3(cd::elementwise_threads), 0, args, bw.data(), bg.data(), bm.data(), bv.data(), n);
   }
   CHECK(bit_differences(bw.values(), w) == 0);
   CHECK(bit_differences(bm.values(), m) == 0);

@@ -27,6 +27,7 @@ namespace cd = parallax::cuda::detail;
 namespace simt = parallax::simt;
 using px::ReduceOp;
 using px::test::emulated::Buffer;
+using px::test::emulated::sm_count;
 using i64 = std::int64_t;
 
 //! Rank r's buffer: integers in [-1000, 1000), or floats in [-4, 4), those of ranks 0 to 2 with a NaN, infinities
@@ -88,11 +89,8 @@ void check_reduce_ranks(int n, int n_out, bool in_place, i64 count, ReduceOp op)
   cd::RankPointers p{};
   for (int r = 0; r < n; ++r) p.in[r] = ranks[static_cast<std::size_t>(r)].data();
   for (int k = 0; k < n_out; ++k) p.out[k] = results[static_cast<std::size_t>(k)].data();
-  // SpaceChannel<cuda::Memory>::reduce_to's launch: 256 threads, enough blocks to fill the GPU and no more.
-  constexpr int threads = 256;
-  const auto blocks = static_cast<unsigned>(std::min<i64>((count + threads - 1) / threads,
-                                                          i64{px::test::emulated::sm_count} * 16));
-  simt::launch("reduce_ranks", cd::reduce_ranks_kernel<T>, dim3(blocks), dim3(threads), 0, p, n_out, n, count, op);
+  simt::launch("reduce_ranks", cd::reduce_ranks_kernel<T>, dim3(cd::reduce_ranks_blocks(count, sm_count)),
+               dim3(cd::reduce_ranks_threads), 0, p, n_out, n, count, op);
 
   for (int k = 0; k < n_out; ++k) {
     INFO("output " << k);

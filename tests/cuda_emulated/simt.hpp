@@ -52,9 +52,12 @@
 #define __restrict__ __restrict
 #define __align__(n) alignas(n)
 
-//! CUDA's built-in vector types of the launch geometry.
+//! CUDA's built-in vector types: the launch geometry's, and the 16-byte unit of vectorised copies.
 struct uint3 {
   unsigned x = 0, y = 0, z = 0;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
 };
 struct dim3 {
   unsigned x, y, z;

@@ -1,5 +1,6 @@
 // tests/cuda_emulated/support.hpp — what the emulated kernels' tests share: guarded stand-ins for device buffers,
-// the size of the emulated GPU, and the column-sum launch (two kernels) as the backend's launcher makes it.
+// the size of the emulated GPU, a fresh kernel status, and the column-sum launch (two kernels) as the backend's
+// launcher makes it.
 #pragma once
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include <parallax/backend/cuda/detail/column_sum_kernels.cuh>
+#include <parallax/backend/cuda/detail/status_kernels.cuh>
 
 #include "../support/compare.hpp"
 #include "simt.hpp"
@@ -48,6 +50,11 @@ class Buffer {
   std::vector<T> storage_;
 };
 
+//! A kernel status as reset_status leaves it before a checking kernel: no bad index, a count of 0.
+[[nodiscard]] inline Buffer<cuda::detail::KernelStatus> fresh_status() {
+  return Buffer(std::vector{cuda::detail::KernelStatus{cuda::detail::KernelStatus::none, 0}});
+}
+
 //! out[k][c] += sum_r term_k(r, c): the two kernels with the geometry of cuda::detail::column_sums.
 template <int K, class G, class Term>
 void column_sums(Term term, std::int64_t n, std::int64_t d, cuda::detail::ColumnOutputs<G, K> out) {
@@ -59,9 +66,8 @@ void column_sums(Term term, std::int64_t n, std::int64_t d, cuda::detail::Column
                dim3(static_cast<unsigned>((d + cd::colsum_cols - 1) / cd::colsum_cols),
                     static_cast<unsigned>(chunks.count)),
                dim3(cd::colsum_cols, cd::colsum_rows), 0, term, n, d, chunks.rows, partial.data());
-  const auto blocks = static_cast<unsigned>(std::min<std::int64_t>((d + 255) / 256, std::int64_t{sm_count} * 4));
-  simt::launch("column_final", cd::column_final_kernel<K, G>, dim3(blocks), dim3(256), 0, partial.data(),
-               chunks.count, d, out);
+  simt::launch("column_final", cd::column_final_kernel<K, G>, dim3(cd::column_final_blocks(d, sm_count)), dim3(256), 0,
+               partial.data(), chunks.count, d, out);
   CHECK(partial.guards_intact());
 }
 

@@ -168,9 +168,7 @@ struct CrossEntropy {
     const std::int64_t n = global_max.numel();
     if (n == 0) return 0;
     detail::KernelStatus* status = detail::reset_status(ctx, op);
-    const auto blocks = static_cast<unsigned>(
-        std::min<std::int64_t>((n + detail::ce_threads - 1) / detail::ce_threads, std::int64_t{ctx.sm_count()} * 4));
-    detail::ce_combine_kernel<<<blocks, detail::ce_threads, 0, ctx.stream()>>>(
+    detail::ce_combine_kernel<<<detail::ce_combine_blocks(n, ctx.sm_count()), detail::ce_threads, 0, ctx.stream()>>>(
         global_max.data(), global_sum_exp.data(), global_target_logit.data(), targets.data(), ignore_index,
         losses.data(), lse.data(), n, status);
     check_launch("cuda::CrossEntropy::cross_entropy_combine");

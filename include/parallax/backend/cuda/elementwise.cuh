@@ -33,8 +33,7 @@ inline void same_size(const char* op, std::int64_t a, std::int64_t b) {
 
 //! Blocks of an elementwise grid-stride launch over `n` elements: enough to fill the GPU, no more.
 [[nodiscard]] inline unsigned elementwise_blocks(const Context& ctx, std::int64_t n) {
-  const std::int64_t wanted = (n + elementwise_threads - 1) / elementwise_threads;
-  return static_cast<unsigned>(std::min<std::int64_t>(wanted, std::int64_t{ctx.sm_count()} * 16));
+  return elementwise_blocks(n, ctx.sm_count());
 }
 
 //! Queues both passes on the compute stream, the result going to the device slot `out` (n > 0; the context's

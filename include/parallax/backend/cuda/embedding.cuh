@@ -120,9 +120,9 @@ struct Embedding {
                                           sorted_positions.get(), n, 0, end_bit, ctx.stream()),
           "cub::DeviceRadixSort::SortPairs (embedding_backward)");
 
-    const auto blocks = static_cast<unsigned>(std::min<std::int64_t>(n, std::int64_t{ctx.sm_count()} * 16));
-    detail::embedding_backward_kernel<<<blocks, detail::embedding_threads, 0, ctx.stream()>>>(
-        sorted_keys.get(), sorted_positions.get(), dout.data(), dtable.data(), n, d, skip);
+    detail::embedding_backward_kernel<<<detail::embedding_backward_blocks(n, ctx.sm_count()), detail::embedding_threads,
+                                        0, ctx.stream()>>>(sorted_keys.get(), sorted_positions.get(), dout.data(),
+                                                           dtable.data(), n, d, skip);
     check_launch(what);
   }
 };

@@ -117,11 +117,10 @@ class SpaceChannel<cuda::Memory> {
     cuda::detail::RankPointers p{};
     for (int r = 0; r < n; ++r) p.in[r] = in[r];
     for (int k = 0; k < n_out; ++k) p.out[k] = outs[k];
-    constexpr int threads = 256;
-    const std::int64_t wanted = (count + threads - 1) / threads;
-    const auto blocks = static_cast<unsigned>(std::min<std::int64_t>(wanted, std::int64_t{sms_} * 16));
+    const unsigned blocks = cuda::detail::reduce_ranks_blocks(count, sms_);
     dispatch(t, [&]<class T>(std::type_identity<T>) {
-      cuda::detail::reduce_ranks_kernel<T><<<blocks, threads, 0, stream_.get()>>>(p, n_out, n, count, op);
+      cuda::detail::reduce_ranks_kernel<T><<<blocks, cuda::detail::reduce_ranks_threads, 0, stream_.get()>>>(
+          p, n_out, n, count, op);
     });
     cuda::check_launch("ThreadCommunicator<cuda::Memory> reduction");
   }

@@ -28,8 +28,8 @@ void column_sums(const Context& ctx, Term term, std::int64_t n, std::int64_t d, 
   column_partial_kernel<K><<<grid, dim3(colsum_cols, colsum_rows), 0, ctx.stream()>>>(term, n, d, chunks.rows,
                                                                                        partial.get());
   check_launch(what);
-  const auto blocks = static_cast<unsigned>(std::min<std::int64_t>((d + 255) / 256, std::int64_t{ctx.sm_count()} * 4));
-  column_final_kernel<K><<<blocks, 256, 0, ctx.stream()>>>(partial.get(), chunks.count, d, out);
+  column_final_kernel<K>
+      <<<column_final_blocks(d, ctx.sm_count()), 256, 0, ctx.stream()>>>(partial.get(), chunks.count, d, out);
   check_launch(what);
 }
 

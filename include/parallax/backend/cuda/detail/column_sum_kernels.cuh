@@ -55,6 +55,11 @@ struct ColumnOutputs {
   G* p[K];
 };
 
+//! Blocks of column_final_kernel (256 threads, a thread per column) over `d` columns.
+[[nodiscard]] inline unsigned column_final_blocks(std::int64_t d, int sm_count) {
+  return capped_blocks(d, 256, sm_count, 4);
+}
+
 //! Pass 2: out[k][c] += sum over the chunks, in chunk order, of partial[k][chunk][c].
 template <int K, class G>
 __global__ void column_final_kernel(const float* partial, std::int64_t chunks, std::int64_t d,

@@ -93,6 +93,11 @@ __global__ void ce_target_logit_kernel(const T* logits, const std::int32_t* targ
 }
 
 //! The combine step; the count of rows not ignored is summed per block, then added once per block.
+//! Blocks of ce_combine_kernel over `n` rows (a thread per row) on a GPU with `sm_count` multiprocessors.
+[[nodiscard]] inline unsigned ce_combine_blocks(std::int64_t n, int sm_count) {
+  return capped_blocks(n, ce_threads, sm_count, 4);
+}
+
 template <class Index>
 __global__ void __launch_bounds__(ce_threads)
     ce_combine_kernel(const float* row_max, const float* sum_exp, const float* target_logit, const Index* targets,

@@ -17,6 +17,11 @@ inline constexpr int elementwise_threads = 256;
 inline constexpr int reduce_threads = 256;
 inline constexpr int reduce_max_blocks = 1024;
 
+//! Blocks of an elementwise grid-stride launch over `n` elements on a GPU with `sm_count` multiprocessors.
+[[nodiscard]] inline unsigned elementwise_blocks(std::int64_t n, int sm_count) {
+  return capped_blocks(n, elementwise_threads, sm_count, 16);
+}
+
 //! Blocks of the first reduction pass. It depends on `n` only (not on the GPU), so a reduction of a given
 //! size always adds in the same order: the result is bitwise repeatable.
 [[nodiscard]] inline unsigned reduce_blocks(std::int64_t n) {

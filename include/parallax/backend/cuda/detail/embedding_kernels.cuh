@@ -49,6 +49,11 @@ __global__ void embedding_keys_kernel(const Index* ids, std::int64_t n, std::int
 
 //! After the stable sort by row: the block at the first entry of each row's run adds that run's dout rows, in
 //! position order, in fp32, and adds the sum to the row of dtable once.
+//! Blocks of embedding_backward_kernel over `n` sorted ids on a GPU with `sm_count` multiprocessors.
+[[nodiscard]] inline unsigned embedding_backward_blocks(std::int64_t n, int sm_count) {
+  return capped_blocks(n, 1, sm_count, 16);
+}
+
 template <class T, class G>
 __global__ void __launch_bounds__(embedding_threads)
     embedding_backward_kernel(const std::uint32_t* keys, const std::int32_t* positions, const T* dout, G* dtable,

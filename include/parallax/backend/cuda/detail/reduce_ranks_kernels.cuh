@@ -25,6 +25,13 @@ struct RankPointers {
 //! out[k][i] = op(in[0][i], ..., in[n-1][i]) for every output k, in rank order, 16-bit floats accumulating
 //! in fp32: the arithmetic of `parallax::detail::reduce_buffers`, so results equal the host transport's
 //! bitwise. An output may alias an input: each element is read in full before it is written.
+inline constexpr int reduce_ranks_threads = 256;
+
+//! Blocks of reduce_ranks_kernel over `count` elements on a GPU with `sm_count` multiprocessors.
+[[nodiscard]] inline unsigned reduce_ranks_blocks(std::int64_t count, int sm_count) {
+  return capped_blocks(count, reduce_ranks_threads, sm_count, 16);
+}
+
 template <class T>
 __global__ void reduce_ranks_kernel(RankPointers p, int n_out, int n, std::int64_t count, ReduceOp op) {
   using Acc = std::conditional_t<std::is_same_v<T, bf16> || std::is_same_v<T, fp16>, float, T>;
