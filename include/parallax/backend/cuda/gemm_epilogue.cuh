@@ -51,7 +51,8 @@ template <class T>
 //!
 //! Where cuBLASLt cannot take the problem (an auxiliary matrix whose row length is not a multiple of 8 or is
 //! misaligned, a misaligned vector, fp32 GELU without TF32, or no kernel found for the shape), the same result
-//! comes from the unfused kernels: `Gemm::gemm`, then one elementwise pass (or `bias_grad`).
+//! comes from the unfused kernels: `Gemm::gemm` (into fp32 scratch for a 16-bit C, so that C is still rounded once),
+//! then one elementwise pass (or `bias_grad`).
 //! @code
 //! GemmEpilogue::gemm_bias_act(ctx, Trans::N, Trans::T, x, w, b, Activation::gelu, y, pre);  // gelu(x W^T + b)
 //! @endcode
@@ -83,10 +84,13 @@ struct GemmEpilogue {
                                 .aux = has_pre ? pre.data() : nullptr};
       if (detail::lt_matmul(ctx, mm, op)) return;
     }
-    Gemm::gemm(ctx, ta, tb, 1.f, a, b, 0.f, c);
-    if (!has_bias && !gelu && !has_pre) return;
+    if (!has_bias && !gelu && !has_pre) return Gemm::gemm(ctx, ta, tb, 1.f, a, b, 0.f, c);
+    // A 16-bit C takes the product in fp32 scratch: the epilogue then rounds it to T once, as the fused path does.
+    detail::Scratch<float> scratch(ctx, std::is_same_v<T, float> ? 0 : static_cast<std::size_t>(c.numel()), op);
+    float* product = std::is_same_v<T, float> ? reinterpret_cast<float*>(c.data()) : scratch.get();
+    Gemm::gemm(ctx, ta, tb, 1.f, a, b, 0.f, View<float, Memory>(product, c.shape()));
     detail::bias_act_kernel<<<detail::elementwise_blocks(ctx, c.numel()), detail::elementwise_threads, 0,
-                              ctx.stream()>>>(c.data(), has_bias ? bias.data() : nullptr,
+                              ctx.stream()>>>(product, c.data(), has_bias ? bias.data() : nullptr,
                                               has_pre ? pre.data() : nullptr, gelu, c.numel(), n);
     check_launch(op);
   }

@@ -68,9 +68,10 @@ namespace parallax::detail {
 //! When a rank issues a call, `mark()` records an event on its compute stream. The rank's channel has a stream of
 //! its own on the rank's device: it waits for the events of the ranks whose buffers the call touches (not for the
 //! whole device: other work of theirs, and of other ranks, goes on), then runs the reduction kernel (in rank order,
-//! bitwise equal to the host transport) or the copies, and `finish()` waits for them before the barrier that lets
-//! the other ranks read the results. Buffers on different GPUs are reduced through host memory. An endpoint made
-//! without a stream (`ThreadCommunicator<cuda::Memory>(group, r)`) waits for the whole device instead.
+//! bitwise equal to the host transport's but for NaN payloads) or the copies, and `finish()` waits for them before
+//! the barrier that lets the other ranks read the results. Buffers on different GPUs are reduced through host memory.
+//! An endpoint made without a stream (`ThreadCommunicator<cuda::Memory>(group, r)`) waits for the whole device
+//! instead.
 template <>
 class SpaceChannel<cuda::Memory> {
  public:

@@ -22,9 +22,6 @@ struct RankPointers {
   void* out[max_reduce_ranks];
 };
 
-//! out[k][i] = op(in[0][i], ..., in[n-1][i]) for every output k, in rank order, 16-bit floats accumulating
-//! in fp32: the arithmetic of `parallax::detail::reduce_buffers`, so results equal the host transport's
-//! bitwise. An output may alias an input: each element is read in full before it is written.
 inline constexpr int reduce_ranks_threads = 256;
 
 //! Blocks of reduce_ranks_kernel over `count` elements on a GPU with `sm_count` multiprocessors.
@@ -32,6 +29,9 @@ inline constexpr int reduce_ranks_threads = 256;
   return capped_blocks(count, reduce_ranks_threads, sm_count, 16);
 }
 
+//! out[k][i] = op(in[0][i], ..., in[n-1][i]) for every output k, in rank order, 16-bit floats accumulating
+//! in fp32: the arithmetic of `parallax::detail::reduce_buffers`, so results equal the host transport's
+//! bitwise (NaN payloads aside). An output may alias an input: each element is read in full before it is written.
 template <class T>
 __global__ void reduce_ranks_kernel(RankPointers p, int n_out, int n, std::int64_t count, ReduceOp op) {
   using Acc = std::conditional_t<std::is_same_v<T, bf16> || std::is_same_v<T, fp16>, float, T>;
