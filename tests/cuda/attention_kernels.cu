@@ -40,6 +40,8 @@ using px::View;
 using px::test::bits_of;
 using px::test::gpu::bit_differences;
 using px::test::gpu::check_close;
+using px::test::flash_rtol;
+using px::test::lse_rtol;
 using px::test::gpu::gpu_available;
 using px::test::gpu::type_name;
 using HB = px::host::Backend;
@@ -48,14 +50,6 @@ using HMem = px::host::Memory;
 using CMem = px::cuda::Memory;
 using i64 = std::int64_t;
 
-
-// Relative tolerance of the tensor-core path (out, dq, dk, dv) against the host.
-template <class T>
-constexpr double flash_rtol = std::is_same_v<T, bf16> ? 2e-2 : 5e-3;
-// Relative tolerance of the SIMT kernels against the host (fp32 math in another order, stored as T).
-template <class T>
-constexpr double simt_rtol = std::is_same_v<T, float> ? 1e-5 : 1e-2;
-constexpr double lse_rtol = 1e-4;
 
 
 
@@ -174,7 +168,7 @@ void compare_simt(const cu::Context& ctx, const Problem& p, i64 offset) {
   const float scale = 1.f / std::sqrt(static_cast<float>(p.dh));
   const auto in = inputs_of<T>(p);
   const auto got = on_gpu(ctx, p, in, scale, offset);
-  compare(got, on_host(p, in, scale), simt_rtol<T>);
+  compare(got, on_host(p, in, scale), px::test::rtol<T>);
   check_same_bits(on_gpu(ctx, p, in, scale, offset), got);
 }
 

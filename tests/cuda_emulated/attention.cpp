@@ -3,7 +3,7 @@
 // (D = rowsum(dout o out)) and the backward's dq and dk / dv kernels from the forward's out and lse. Head dims below,
 // at and above a warp's 32 lanes up to the kernels' maximum, and 0 (the forward still writes lse); sequence lengths
 // that are not multiples of the 8-row block tiles or the 32-row streamed tiles; several (batch, head) pairs.
-// (The tensor-core kernels of flash_attention.cuh are inline PTX, which the emulator does not run.)
+// (The tensor-core kernels are tested in flash_attention.cpp.)
 #include <catch2/catch.hpp>
 
 #include <algorithm>

@@ -12,8 +12,9 @@
 // never complete (threads of one block at different barriers, a lane of a shuffle's mask that has exited, a source
 // lane outside the mask) is an error naming the kernel, the block and the threads, not a hang. Dynamic shared memory
 // is filled with 0xff bytes (NaN as floats) before each block, so reading what no thread wrote shows up.
-// Not emulated: inline PTX (the tensor-core flash kernels), the memory model (threads never run at the same time),
-// streams, the runtime API.
+// The PTX of the tensor-core kernels runs through shim/parallax/backend/cuda/detail/ptx.cuh, which carries out each
+// instruction (cp.async with its groups, ldmatrix, mma.sync) on top of `warp_exchange` and `async_copy`.
+// Not emulated: the memory model (threads never run at the same time), streams, the runtime API.
 //
 //   simt::launch("layernorm_forward", kernel<float>, dim3(blocks), dim3(256), shared_bytes, args...);
 #pragma once
@@ -21,6 +22,7 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -82,6 +84,22 @@ namespace detail {
 
 enum class State { ready, at_block_barrier, at_warp_barrier, done };
 
+//! A queued cp.async: `bytes` from `src` to `dst`, or zeros when `src` is null.
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  std::size_t bytes;
+};
+
+inline void complete(const std::vector<AsyncCopy>& group) {
+  for (const AsyncCopy& c : group) {
+    if (c.src != nullptr)
+      std::memcpy(c.dst, c.src, c.bytes);
+    else
+      std::memset(c.dst, 0, c.bytes);
+  }
+}
+
 struct Thread {
   ucontext_t context{};
   uint3 index{};
@@ -90,6 +108,8 @@ struct Thread {
   State state = State::ready;
   unsigned mask = 0;  // the warp barrier's member mask, while at_warp_barrier
   const char* call = "";  // the warp-synchronous call it waits in
+  std::vector<AsyncCopy> open_copies;                // cp.async copies queued since the last commit
+  std::vector<std::vector<AsyncCopy>> copy_groups;  // committed groups, oldest first
 };
 
 //! One block in flight: its threads, the scheduler's context, the shuffle slots and the dynamic shared memory.
@@ -99,7 +119,7 @@ struct Block {
   std::vector<std::unique_ptr<char[]>> stacks;
   ucontext_t scheduler{};
   int current = -1;
-  std::vector<std::uint64_t> slots;  // one per thread: the value it offers in a shuffle
+  std::vector<std::array<unsigned char, 64>> slots;  // one per thread: what it offers in a warp exchange
   std::vector<unsigned char> shared;
   std::function<void()> body;
   std::exception_ptr error;
@@ -121,12 +141,15 @@ inline void yield() {
 
 inline void thread_main() {
   Block& b = *active;
+  Thread& t = b.threads[static_cast<std::size_t>(b.current)];
   try {
     b.body();
+    for (const auto& group : t.copy_groups) complete(group);  // copies never waited for still land
+    complete(t.open_copies);
   } catch (...) {
     if (!b.error) b.error = std::current_exception();
   }
-  b.threads[static_cast<std::size_t>(b.current)].state = State::done;
+  t.state = State::done;
 }  // returns to uc_link: the scheduler
 
 [[nodiscard]] inline std::string describe(const Thread& t) {
@@ -210,6 +233,8 @@ inline void run_block(Block& b, dim3 block_dim) {
                static_cast<unsigned>(i / (std::size_t{block_dim.x} * block_dim.y))};
     t.warp = static_cast<int>(i / 32);
     t.lane = static_cast<int>(i % 32);
+    t.open_copies.clear();
+    t.copy_groups.clear();
     getcontext(&t.context);
     t.context.uc_stack.ss_sp = b.stacks[i].get();
     t.context.uc_stack.ss_size = stack_bytes;
@@ -246,27 +271,65 @@ inline void warp_barrier(unsigned mask, const char* call) {
   yield();
 }
 
-//! The shuffle primitive: every lane of `mask` offers `v` and receives the value lane `src` (of the same warp)
-//! offered. The second barrier keeps a lane from offering its next value before every lane has read this one.
+//! Every lane of `mask` offers `v` and receives what each lane of its warp offered (entries of lanes outside the
+//! mask are value-initialised). The second barrier keeps a lane from offering its next value before every lane has
+//! read this one.
 template <class T>
-T shuffle(unsigned mask, T v, int src, const char* call) {
-  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= sizeof(std::uint64_t),
-                "simt: shuffles move values of at most 8 bytes");
+std::array<T, 32> warp_exchange(unsigned mask, const T& v, const char* call) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 64, "simt: a lane offers at most 64 bytes");
   Block& b = block();
   const std::size_t me = static_cast<std::size_t>(b.current);
-  const Thread& t = b.threads[me];
-  std::memcpy(&b.slots[me], &v, sizeof v);
+  const std::size_t first = me - static_cast<std::size_t>(b.threads[me].lane);
+  std::memcpy(b.slots[me].data(), &v, sizeof v);
   warp_barrier(mask, call);
+  std::array<T, 32> all{};
+  for (std::size_t lane = 0; lane < 32; ++lane)
+    if (mask >> lane & 1u) std::memcpy(&all[lane], b.slots[first + lane].data(), sizeof(T));
+  warp_barrier(mask, call);
+  return all;
+}
+
+//! The shuffle primitive: every lane of `mask` offers `v` and receives the value lane `src` of its warp offered.
+template <class T>
+T shuffle(unsigned mask, T v, int src, const char* call) {
+  const std::array<T, 32> all = warp_exchange(mask, v, call);
   if ((mask >> src & 1u) == 0)
     throw Fault(fmt::format("simt: kernel '{}': {} reads lane {} in {}, outside the mask {:#010x} (undefined)",
-                            b.kernel, describe(t), src, call, mask));
-  T out;
-  std::memcpy(&out, &b.slots[me - static_cast<std::size_t>(t.lane) + static_cast<std::size_t>(src)], sizeof out);
-  warp_barrier(mask, call);
-  return out;
+                            block().kernel, describe(self()), src, call, mask));
+  return all[static_cast<std::size_t>(src)];
 }
 
 }  // namespace detail
+
+//! cp.async: queues a copy of `bytes` from `src` to shared `dst` (zeros when `src` is null) in this thread's open
+//! group; it lands when a wait retires its group, not before (so a read before the wait sees the old bytes).
+inline void async_copy(void* dst, const void* src, std::size_t bytes) {
+  detail::self().open_copies.push_back({dst, src, bytes});
+}
+//! cp.async.commit_group: closes this thread's open group.
+inline void async_commit() {
+  detail::Thread& t = detail::self();
+  t.copy_groups.push_back(std::move(t.open_copies));
+  t.open_copies.clear();
+}
+//! cp.async.wait_group: completes this thread's committed groups, oldest first, until at most `pending` are left.
+inline void async_wait(std::size_t pending) {
+  detail::Thread& t = detail::self();
+  while (t.copy_groups.size() > pending) {
+    detail::complete(t.copy_groups.front());
+    t.copy_groups.erase(t.copy_groups.begin());
+  }
+}
+
+//! This thread's lane in its warp.
+[[nodiscard]] inline int lane_id() { return detail::self().lane; }
+
+//! Every lane of the full warp offers `v` and receives all 32 lanes' offers (the emulation of a warp-collective
+//! instruction such as ldmatrix or mma.sync, which reads the other lanes' registers).
+template <class T>
+std::array<T, 32> warp_exchange(const T& v, const char* instruction) {
+  return detail::warp_exchange(0xffffffffu, v, instruction);
+}
 
 //! Runs `kernel(args...)` over `grid` blocks of `block` threads with `shared_bytes` of dynamic shared memory, as
 //! `kernel<<<grid, block, shared_bytes>>>(args...)` would, and returns when every thread has finished. Throws
@@ -289,7 +352,7 @@ void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, std::
   b.threads.resize(threads);
   b.stacks.resize(threads);
   for (auto& s : b.stacks) s = std::make_unique<char[]>(detail::stack_bytes);
-  b.slots.assign(threads, 0);
+  b.slots.resize(threads);
   b.shared.resize(shared_bytes);
   const std::tuple<P...> params{static_cast<P>(args)...};
   b.body = [&] { std::apply(kernel, params); };

@@ -10,6 +10,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <parallax/core/bf16.hpp>
+
 #include "gradcheck.hpp"
 #include "support.hpp"
 
@@ -34,6 +36,12 @@ std::vector<T> quarters(std::int64_t n, std::uint64_t seed) {
 //! Relative tolerance of a kernel's result against the host's: fp32 math in another order, stored as T.
 template <class T>
 constexpr double rtol = std::is_same_v<T, float> ? 1e-5 : 1e-2;
+
+//! Relative tolerances of the tensor-core attention (out, dq, dk, dv; P rounded to T before P V) and of any
+//! attention kernel's log-sum-exp against the host's.
+template <class T>
+constexpr double flash_rtol = std::is_same_v<T, bf16> ? 2e-2 : 5e-3;
+constexpr double lse_rtol = 1e-4;
 
 //! Checks max |got - want| <= rel * max |want| + 1e-6 element by element (1e-6 absolute for an all-zero reference);
 //! NaN fails. Reports the worst error and the scale.

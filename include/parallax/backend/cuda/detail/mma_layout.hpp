@@ -3,9 +3,17 @@
 // device, so that host tests check the same index math the kernels use).
 #pragma once
 
+#include <type_traits>
+
 #include "../../../config.hpp"
+#include "../../../core/bf16.hpp"
+#include "../../../core/fp16.hpp"
 
 namespace parallax::cuda::detail {
+
+//! The storage types the tensor cores multiply here: bf16 and fp16 (fp32 accumulators).
+template <class T>
+concept MmaElement = std::is_same_v<T, bf16> || std::is_same_v<T, fp16>;
 
 //! A position in a tile: row, column.
 struct MmaCoord {
