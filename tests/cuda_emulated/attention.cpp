@@ -30,27 +30,18 @@ using px::test::bit_differences;
 using px::test::check_close;
 using px::test::cview;
 using px::test::emulated::Buffer;
+using px::test::emulated::reference_delta;
 using px::test::emulated::sm_count;
 using px::test::values;
 using px::test::view;
 using i64 = std::int64_t;
-
-//! delta[r] = dout[r] . out[r] over rows of dh > 0 features, summed in feature order.
-template <class T>
-std::vector<float> reference_delta(const std::vector<T>& out, const std::vector<T>& dout, i64 dh) {
-  const auto n = static_cast<std::size_t>(dh);
-  std::vector<float> delta(out.size() / n, 0.f);
-  for (std::size_t r = 0; r < delta.size(); ++r)
-    for (std::size_t i = 0; i < n; ++i) delta[r] += float(dout[r * n + i]) * float(out[r * n + i]);
-  return delta;
-}
 
 //! A SIMT attention kernel as cuda::detail::launch_attention launches it: (B * H) x (tiles of attn_warps rows)
 //! blocks of attn_warps warps, `floats` of dynamic shared memory, the arguments followed by nt, tiles, dh, scale.
 template <class... P, class... A>
 void launch_attention(const char* name, void (*kernel)(P...), i64 heads, i64 nt, int dh, float scale,
                       std::size_t floats, A... args) {
-  const i64 tiles = (nt + cd::attn_warps - 1) / cd::attn_warps;
+  const i64 tiles = cd::attention_row_tiles(nt);
   simt::launch(name, kernel, dim3(static_cast<unsigned>(heads * tiles)), dim3(cd::attn_warps * 32),
                floats * sizeof(float), args..., nt, tiles, dh, scale);
 }
@@ -74,9 +65,8 @@ void check_attention(i64 nb, i64 nh, i64 nt, i64 dh) {
   const int d = static_cast<int>(dh);
   Buffer<T> bq(q), bk(k), bv(v), bout = Buffer<T>::output(out.size());
   Buffer<float> blse = Buffer<float>::output(lse.size());
-  const auto forward_floats =
-      static_cast<std::size_t>(cd::attn_tile * cd::padded(d) + cd::attn_tile * d + cd::attn_warps * d);
-  launch_attention("attention_forward", cd::attention_forward_kernel<T>, heads, nt, d, scale, forward_floats,
+  launch_attention("attention_forward", cd::attention_forward_kernel<T>, heads, nt, d, scale,
+                   cd::attention_forward_floats(d),
                    bq.data(), bk.data(), bv.data(), bout.data(), blse.data());
   check_close(bout.values(), out, "out");  // an online softmax: the host's values up to rounding
   check_close(blse.values(), lse, "lse");
@@ -97,8 +87,7 @@ void check_attention(i64 nb, i64 nh, i64 nt, i64 dh) {
   CHECK(bdelta.guards_intact());
 
   Buffer<T> bdq = Buffer<T>::output(dq.size()), bdk = Buffer<T>::output(dk.size()), bdv = Buffer<T>::output(dv.size());
-  const auto backward_floats =
-      static_cast<std::size_t>(2 * cd::attn_tile * cd::padded(d) + 2 * cd::attn_warps * d + 2 * cd::attn_tile);
+  const std::size_t backward_floats = cd::attention_backward_floats(d);
   launch_attention("attention_dq", cd::attention_dq_kernel<T>, heads, nt, d, scale, backward_floats, bq.data(),
                    bk.data(), bv.data(), bdout.data(), bhost_lse.data(), bdelta.data(), bdq.data());
   launch_attention("attention_dkdv", cd::attention_dkdv_kernel<T>, heads, nt, d, scale, backward_floats, bq.data(),

@@ -28,6 +28,7 @@ using px::test::cview;
 using px::test::flash_rtol;
 using px::test::lse_rtol;
 using px::test::emulated::Buffer;
+using px::test::emulated::reference_delta;
 using px::test::values;
 using px::test::view;
 using i64 = std::int64_t;
@@ -66,10 +67,7 @@ void check_flash(i64 heads, i64 nt) {
   CHECK((bout.guards_intact() && blse.guards_intact()));
 
   // The backward from the host forward's out and lse, and D = rowsum(dout o out) (the SIMT delta kernel's result).
-  std::vector<float> delta(lse.size(), 0.f);
-  for (std::size_t r = 0; r < delta.size(); ++r)
-    for (std::size_t i = 0; i < static_cast<std::size_t>(Dh); ++i)
-      delta[r] += float(dout[r * Dh + i]) * float(out[r * Dh + i]);
+  const std::vector<float> delta = reference_delta(out, dout, Dh);
   Buffer<T> bdout(dout), bdq = Buffer<T>::output(dq.size()), bdk = Buffer<T>::output(dk.size()),
                          bdv = Buffer<T>::output(dv.size());
   Buffer<float> bhost_lse(lse), bdelta(delta);

@@ -1,6 +1,6 @@
 // tests/cuda_emulated/support.hpp — what the emulated kernels' tests share: guarded stand-ins for device buffers,
-// the size of the emulated GPU, a fresh kernel status, and the column-sum launch (two kernels) as the backend's
-// launcher makes it.
+// the size of the emulated GPU, a fresh kernel status, the attention backward's D, and the column-sum launch (two
+// kernels) as the backend's launcher makes it.
 #pragma once
 
 #include <algorithm>
@@ -53,6 +53,17 @@ class Buffer {
 //! A kernel status as reset_status leaves it before a checking kernel: no bad index, a count of 0.
 [[nodiscard]] inline Buffer<cuda::detail::KernelStatus> fresh_status() {
   return Buffer(std::vector{cuda::detail::KernelStatus{cuda::detail::KernelStatus::none, 0}});
+}
+
+//! The attention backward's D: delta[r] = dout[r] . out[r] over rows of dh > 0 features, summed in feature order
+//! (as the delta kernel sums them).
+template <class T>
+std::vector<float> reference_delta(const std::vector<T>& out, const std::vector<T>& dout, std::int64_t dh) {
+  const auto n = static_cast<std::size_t>(dh);
+  std::vector<float> delta(out.size() / n, 0.f);
+  for (std::size_t r = 0; r < delta.size(); ++r)
+    for (std::size_t i = 0; i < n; ++i) delta[r] += float(dout[r * n + i]) * float(out[r * n + i]);
+  return delta;
 }
 
 //! out[k][c] += sum_r term_k(r, c): the two kernels with the geometry of cuda::detail::column_sums.

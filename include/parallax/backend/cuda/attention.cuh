@@ -42,7 +42,7 @@ inline void expect_head_dim(const char* op, std::int64_t dh) {
 template <class Kernel, class... A>
 void launch_attention(const Context& ctx, Kernel kernel, std::int64_t heads, std::int64_t nt, int dh, float scale,
                       std::size_t floats, const char* what, A... args) {
-  const std::int64_t tiles = (nt + attn_warps - 1) / attn_warps;
+  const std::int64_t tiles = attention_row_tiles(nt);
   launch_with_smem(ctx, kernel, heads * tiles, attn_warps * 32, floats * sizeof(float), what, args..., nt, tiles, dh,
                    scale);
 }
@@ -89,9 +89,8 @@ struct Attention {
       }
     }
     const int d = static_cast<int>(dh);
-    const auto floats = static_cast<std::size_t>(detail::attn_tile * detail::padded(d) + detail::attn_tile * d +
-                                                 detail::attn_warps * d);
-    detail::launch_attention(ctx, detail::attention_forward_kernel<T>, heads, tt, d, scale, floats,
+    detail::launch_attention(ctx, detail::attention_forward_kernel<T>, heads, tt, d, scale,
+                             detail::attention_forward_floats(d),
                              "cuda::Attention::attention_forward", q.data(), k.data(), v.data(), out.data(),
                              lse.data());
   }
@@ -126,8 +125,7 @@ struct Attention {
         return;
       }
     }
-    const auto floats = static_cast<std::size_t>(2 * detail::attn_tile * detail::padded(d) +
-                                                 2 * detail::attn_warps * d + 2 * detail::attn_tile);
+    const std::size_t floats = detail::attention_backward_floats(d);
     detail::launch_attention(ctx, detail::attention_dq_kernel<T>, heads, tt, d, scale, floats, what, q.data(),
                              k.data(), v.data(), dout.data(), lse.data(), delta.get(), dq.data());
     detail::launch_attention(ctx, detail::attention_dkdv_kernel<T>, heads, tt, d, scale, floats, what, q.data(),

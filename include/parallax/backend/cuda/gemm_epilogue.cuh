@@ -87,7 +87,8 @@ struct GemmEpilogue {
     if (!has_bias && !gelu && !has_pre) return Gemm::gemm(ctx, ta, tb, 1.f, a, b, 0.f, c);
     // A 16-bit C takes the product in fp32 scratch: the epilogue then rounds it to T once, as the fused path does.
     detail::Scratch<float> scratch(ctx, std::is_same_v<T, float> ? 0 : static_cast<std::size_t>(c.numel()), op);
-    float* product = std::is_same_v<T, float> ? reinterpret_cast<float*>(c.data()) : scratch.get();
+    float* product = scratch.get();
+    if constexpr (std::is_same_v<T, float>) product = c.data();
     Gemm::gemm(ctx, ta, tb, 1.f, a, b, 0.f, View<float, Memory>(product, c.shape()));
     detail::bias_act_kernel<<<detail::elementwise_blocks(ctx, c.numel()), detail::elementwise_threads, 0,
                               ctx.stream()>>>(product, c.data(), has_bias ? bias.data() : nullptr,

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 #include <cuda_runtime.h>
@@ -22,6 +23,17 @@ inline constexpr std::int64_t attn_max_head_dim = 32 * attn_max_chunks;
 
 //! Row stride of a tile read row-wise by the lanes (lane r reads row r): odd, so the lanes hit distinct banks.
 PARALLAX_HOST_DEVICE constexpr int padded(int dh) { return dh | 1; }
+
+//! Row tiles of attn_warps rows over nt rows: a head's blocks in the grid.
+[[nodiscard]] inline std::int64_t attention_row_tiles(std::int64_t nt) { return (nt + attn_warps - 1) / attn_warps; }
+//! Dynamic shared memory, in floats, of the forward kernel: the key and value tiles and the block's query rows.
+[[nodiscard]] inline std::size_t attention_forward_floats(int dh) {
+  return static_cast<std::size_t>(attn_tile * padded(dh) + attn_tile * dh + attn_warps * dh);
+}
+//! Dynamic shared memory, in floats, of the dq and dk / dv kernels.
+[[nodiscard]] inline std::size_t attention_backward_floats(int dh) {
+  return static_cast<std::size_t>(2 * attn_tile * padded(dh) + 2 * attn_warps * dh + 2 * attn_tile);
+}
 
 //! dst[r * stride + i] = src[(row0 + r) * dh + i] in fp32 for r < rows, i < dh, by all threads of the block.
 template <class T>
